@@ -1,0 +1,150 @@
+"""Parity of the fused GRU-with-feedback kernel with the PyTorch reference and nn.GRUCell.
+
+Runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py), and on a
+GPU for real when one is present (the `cuda` tests are skipped without one).
+    TRITON_INTERPRET=1 python -m pytest tests/test_kernel.py -q
+"""
+import os
+
+import pytest
+import torch
+
+from kernels import gru_feedback, gru_feedback_ref
+
+# the kernel runs compiled on a GPU, else on the CPU through the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+ARGS = ["eps", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_m"]
+
+
+def make(B, H, E, device=DEVICE, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    cell = torch.nn.GRUCell(E, H)
+    # seeded, about nn.GRUCell's init: with much larger weights the recurrence turns chaotic and
+    # fp32 rounding alone (any two implementations) grows to 1e-3 over 20 steps
+    std = scale / max(H, E) ** 0.5
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    tensors = [torch.randn(B, E, generator=g) * scale, cell.weight_ih.detach(),
+               cell.weight_hh.detach(), cell.bias_ih.detach(), cell.bias_hh.detach(),
+               torch.randn(E, H, generator=g) * std]
+    return [t.to(device, dtype).clone().requires_grad_() for t in tensors]
+
+
+def run(params, steps, backend, seed=1):
+    z = gru_feedback(*params, steps=steps, backend=backend)
+    g = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)  # same on any device
+    grads = torch.autograd.grad((z * g).sum(), params, materialize_grads=True)
+    return [z.detach()] + list(grads)
+
+
+def grucell_loop(params, steps):
+    """An nn.GRUCell loop with the feedback, as MoCoGAN-style code writes it."""
+    eps, w_ih, w_hh, b_ih, b_hh, w_m = params
+    cell = torch.nn.GRUCell(eps.shape[1], w_hh.shape[1])
+    with torch.no_grad():
+        for p, v in zip(cell.parameters(), (w_ih, w_hh, b_ih, b_hh)):
+            p.copy_(v)
+    cell = cell.to(eps.device)
+    h, e, out = eps.new_zeros(eps.shape[0], w_hh.shape[1]), eps, []
+    for _ in range(steps):
+        h = cell(e, h)
+        out.append(h)
+        e = h @ w_m.t()
+    return torch.stack(out, 1)
+
+
+def assert_close(a, b, name, rtol=1e-4, atol=1e-5):
+    scale = b.abs().max().item() + 1e-6
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale, msg=lambda m: f"{name}: {m}")
+
+
+SHAPES = [(1, 1, 1, 1), (3, 8, 5, 2), (37, 20, 16, 20), (64, 16, 16, 20), (3, 33, 12, 20),
+          (37, 16, 20, 1), (1, 33, 8, 2), (64, 8, 3, 20)]
+
+
+@pytest.mark.parametrize("B,H,E,steps", SHAPES, ids=[f"B{b}-H{h}-E{e}-T{t}" for b, h, e, t in SHAPES])
+def test_triton_matches_reference_and_grads(B, H, E, steps):
+    params = make(B, H, E)
+    ref = run(params, steps, "torch")
+    tri = run(params, steps, "triton")
+    for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
+        assert a.shape == b.shape, name
+        assert_close(a, b, name)
+
+
+@pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1, 1, 3, 2)], ids=["B37-H20", "B1-H1"])
+def test_reference_equals_grucell_loop(B, H, E, steps):
+    params = make(B, H, E)
+    with torch.no_grad():
+        z = gru_feedback(*params, steps=steps, backend="torch")
+        assert_close(z, grucell_loop(params, steps), "z vs nn.GRUCell loop", rtol=1e-5)
+
+
+def test_reference_gradcheck_float64():
+    params = [p.detach().double().requires_grad_() for p in make(3, 5, 4)]
+    assert torch.autograd.gradcheck(lambda *a: gru_feedback_ref(*a, 4), params)
+
+
+def test_weight_grads_deterministic():
+    params = make(64, 16, 16, seed=3)
+    a, b = run(params, 20, "triton"), run(params, 20, "triton")
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_large_inputs_stay_finite():
+    # pre-activations around 1e4: sigmoid/tanh must not overflow into NaN/inf
+    params = make(5, 16, 16, scale=1000.0)
+    tri = run(params, 3, "triton")
+    ref = run(params, 3, "torch")
+    with torch.no_grad():
+        pre = params[0] @ params[1].t()
+    assert pre.abs().max() > 1e3
+    for name, t in zip(["z"] + ARGS, tri):
+        assert torch.isfinite(t).all(), name
+    assert_close(tri[0], ref[0], "z", rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_inputs_computed_in_fp32(dtype):
+    params = make(7, 16, 16, dtype=dtype)
+    z = gru_feedback(*params, steps=5, backend="triton")
+    assert z.dtype == dtype
+    ref = gru_feedback_ref(*[p.detach().float() for p in params], 5)
+    torch.testing.assert_close(z.float(), ref, rtol=2e-2, atol=2e-2)
+    z.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in params)
+
+
+def test_input_errors():
+    p = make(4, 8, 8)
+    with pytest.raises(ValueError, match="steps"):
+        gru_feedback(*p, steps=0)
+    with pytest.raises(ValueError, match="weight_m"):
+        gru_feedback(*p[:5], torch.zeros(3, 8), steps=2)
+    with pytest.raises(ValueError, match="eps"):
+        gru_feedback(p[0][0], *p[1:], steps=2)
+    with pytest.raises(TypeError, match="dtype"):
+        gru_feedback(p[0].double(), *p[1:], steps=2)
+    with pytest.raises(ValueError, match="backend"):
+        gru_feedback(*p, steps=2, backend="cuda")
+
+
+def test_auto_backend_on_cpu_is_reference():
+    p = make(4, 8, 8, device="cpu")
+    with pytest.warns(UserWarning, match="reference"):
+        import kernels.gru_feedback as kg
+        kg._said_fallback = False
+        z = gru_feedback(*p, steps=3)
+    assert torch.equal(z, gru_feedback_ref(*p, 3))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1024, 128, 128, 64), (5, 64, 16, 3)])
+def test_cuda_compiled_kernel(B, H, E, steps):
+    params = make(B, H, E, device="cuda")  # large shapes too: the interpreter would be slow
+    ref = run([p.detach().double().requires_grad_() for p in params], steps, "torch")
+    tri = run(params, steps, "triton")
+    for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
+        assert_close(a.double(), b, name, rtol=1e-3, atol=1e-4)
