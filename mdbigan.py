@@ -1,0 +1,353 @@
+"""MDBiGAN: Motion Disentangled Bidirectional GAN (the paper in shared/paper, SPEC.md section 1).
+
+A video X = x(1..T) is split into one content code z_C and per-frame motion codes z_M(1..T).
+  E    (2-D convs, per frame)        x(t) -> z_M(t)
+  E_C  (2-D convs, mean over time)   X -> z_C              (beyond the paper: its future work)
+  G    (2-D transposed convs)        (z_C, z_M(t)) -> x(t)
+  sampler  GRU with linear feedback  eps ~ N(0, I) -> z_M(1..T)   (eqs. 12-14, kernels/)
+  D_I  (2-D convs)  (x(t), z_M(t) [, z_C]) -> score per frame
+  D_V  (3-D convs)  (X, Z_M [, z_C]) -> score per video
+Both discriminators see BiGAN pairs: real (x, E(x)), fake (G(z), z) with z from the priors.
+
+Where this differs from the paper and the authors' code, and why (SPEC.md sections 3-5):
+  - D_I's fake frames come from every time step (the authors used only the first GRU step), and
+    real and fake frames are drawn at the same random steps.
+  - G ends in tanh and the data are mapped from [0, 1] to [-1, 1] before anyone sees them (the
+    authors fed [0, 1] reals against [-1, 1] fakes).
+  - No BatchNorm in the discriminators (they saw all-real and all-fake batches); spectral norm
+    instead, hinge loss by default (BigBiGAN), dropout 0.2 (ALI), optional instance noise and R1.
+  - Unary scores for the image alone and the code alone beside the joint score (BigBiGAN), so
+    that image realism keeps a gradient when the joint term saturates (the paper's failure).
+  - A content encoder E_C, and two consistency terms (ALICE-style), off to reproduce the paper:
+    recon_weight * |G(E_C(X), E(X)) - X| and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|.
+    The latent term is what ties z_M to motion only: G's motion comes from z_M alone, so an E
+    that recovers z_M from G's videos must read motion, not the digit.
+  - z_M is scaled by tanh inside the GRU, so E's output is tanh-bounded to the same range.
+Set content_encoder=False, recon_weight=latent_weight=0, loss="bce", unary=False to get
+close to the paper as written.
+
+Usage:
+    from mdbigan import Config, MDBiGAN
+    model = MDBiGAN(Config.small())             # or Config() for the paper's sizes
+    z_c, z_m = model.sample(8)                  # [8, dim_z_c], [8, T, dim_z_m]
+    videos = model.generate(z_c, z_m)           # [8, T, 1, S, S] in [0, 1]
+    d_loss, d_logs = model.d_loss(real_videos)  # discriminator step
+    g_loss, g_logs = model.eg_loss(real_videos) # encoder + generator step
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    frames: int = 20            # T, frames per video (paper: 20)
+    size: int = 64              # S, frames are S x S grayscale; a power of two >= 16
+    dim_z_m: int = 16           # motion code per frame (paper: 16), also the GRU's hidden size
+    dim_z_c: int = 64           # content code per video (paper: 64)
+    dim_eps: int = 16           # size of the GRU input eps / feedback e(t)
+    ch: int = 64                # base channel count of every conv stack (doubles per level)
+    ch_max: int = 256           # cap on channels per level
+    d_hidden: int = 256         # width of the discriminators' feature and joint layers
+    content_encoder: bool = True   # E_C: X -> z_C (beyond the paper); False = paper as written
+    loss: str = "hinge"         # "hinge" (BigBiGAN) or "bce" (non-saturating, as the authors)
+    spectral_norm: bool = True  # spectral normalisation in D_I and D_V
+    unary: bool = True          # BigBiGAN unary scores for x alone and z alone
+    d_dropout: float = 0.2      # dropout in the discriminators' heads (ALI)
+    instance_noise: float = 0.0 # std of Gaussian noise on every frame the discriminators see
+    r1_gamma: float = 0.0       # R1 penalty on real images (DIGAN: ~1); 0 = off
+    image_frames: int = 4       # frames per video that D_I scores, at random steps, real and fake
+    recon_weight: float = 1.0   # L1 reconstruction G(E_C(X), E(X)) vs X (needs content_encoder)
+    latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
+    lr: float = 2e-4            # Adam learning rate of E, E_C, G, sampler and D_I
+    lr_dv_scale: float = 1.0    # D_V's learning rate = lr * this (StyleGAN-V uses 0.1)
+    beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
+    beta2: float = 0.999
+    sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
+
+    @classmethod
+    def small(cls, **kw):
+        """A model for CPU runs: 32x32 frames, fewer channels."""
+        return cls(**{**dict(size=32, ch=32, ch_max=128, d_hidden=128), **kw})
+
+    def validate(self):
+        if self.size < 16 or self.size & (self.size - 1):
+            raise ValueError(f"Config.size must be a power of two >= 16, got {self.size}")
+        for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"Config.{k} must be >= 1, got {getattr(self, k)}")
+        if self.loss not in ("hinge", "bce"):
+            raise ValueError(f"Config.loss must be 'hinge' or 'bce', got {self.loss!r}")
+        if self.recon_weight > 0 and not self.content_encoder:
+            raise ValueError("Config.recon_weight > 0 needs content_encoder=True")
+        return self
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown Config fields {sorted(unknown)}: checkpoint from another version?")
+        return cls(**d).validate()
+
+
+def gru_feedback_torch(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
+    """The plain PyTorch recurrence, used when kernels/ is not beside this file (copied alone)."""
+    h, e, zs = eps.new_zeros(eps.shape[0], w_hh.shape[1]), eps, []
+    for _ in range(steps):
+        i_r, i_z, i_n = (e @ w_ih.t() + b_ih).chunk(3, 1)
+        h_r, h_z, h_n = (h @ w_hh.t() + b_hh).chunk(3, 1)
+        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+        zs.append(h)
+        e = h @ w_m.t()
+    return torch.stack(zs, 1)                                   # (B, T, H)
+
+
+def _gru_feedback(*args, backend="auto"):
+    try:  # imported lazily so that this file works on its own
+        from kernels import gru_feedback
+    except ImportError:
+        return gru_feedback_torch(*args)
+    return gru_feedback(*args, backend=backend)
+
+
+def _levels(size):
+    return int(math.log2(size // 4))                            # stride-2 stages down to 4x4
+
+
+def conv_stack(cfg, in_ch, sn=False, dims=2):
+    """Stride-2 convs from S x S to 4 x 4 (dims=3: over space only), LeakyReLU; returns (net, out_ch)."""
+    Conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    k, s, p = (4, 2, 1) if dims == 2 else ((3, 4, 4), (1, 2, 2), (1, 1, 1))
+    layers, c = [], in_ch
+    for i in range(_levels(cfg.size)):
+        c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
+        conv = Conv(c, c_out, k, s, p)
+        layers += [nn.utils.parametrizations.spectral_norm(conv) if sn else conv, nn.LeakyReLU(0.2)]
+        c = c_out
+    return nn.Sequential(*layers), c
+
+
+def _sn(m, on):
+    return nn.utils.parametrizations.spectral_norm(m) if on else m
+
+
+class Generator(nn.Module):
+    """(z_C, z_M(t)) -> frame in [-1, 1]: linear to 4x4, then transposed convs up to S x S."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        n = _levels(cfg.size)
+        chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(n))]
+        self.fc = nn.Linear(cfg.dim_z_c + cfg.dim_z_m, chans[0] * 16)
+        layers = [nn.BatchNorm2d(chans[0]), nn.ReLU()]
+        for c_in, c_out in zip(chans, chans[1:] + [None]):
+            if c_out is None:
+                layers += [nn.ConvTranspose2d(c_in, 1, 4, 2, 1), nn.Tanh()]
+            else:
+                layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.net, self.c0 = nn.Sequential(*layers), chans[0]
+
+    def forward(self, z):                                       # z: (N, dim_z_c + dim_z_m)
+        return self.net(self.fc(z).view(-1, self.c0, 4, 4))     # (N, 1, S, S)
+
+
+class FrameEncoder(nn.Module):
+    """Frame -> code: conv stack to 4x4, then a linear layer; optional mean over time (E_C)."""
+
+    def __init__(self, cfg, dim_out, pool_time):
+        super().__init__()
+        self.convs, c = conv_stack(cfg, 1)
+        self.fc = nn.Linear(c * 16, dim_out)
+        self.pool_time = pool_time
+
+    def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
+        B, T = x.shape[:2]
+        h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, C*16)
+        if self.pool_time:
+            return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
+        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), as the GRU's range
+
+
+class JointDiscriminator(nn.Module):
+    """BiGAN discriminator: image features, code features, a joint head and two unary heads."""
+
+    def __init__(self, cfg, dim_code, video):
+        super().__init__()
+        sn, h, p = cfg.spectral_norm, cfg.d_hidden, cfg.d_dropout
+        self.convs, c = conv_stack(cfg, 1, sn=sn, dims=3 if video else 2)
+        n_img = c * 16 * (cfg.frames if video else 1)
+        self.f_x = nn.Sequential(nn.Flatten(), _sn(nn.Linear(n_img, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
+        self.f_z = nn.Sequential(_sn(nn.Linear(dim_code, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
+                                 _sn(nn.Linear(h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
+        self.joint = nn.Sequential(_sn(nn.Linear(2 * h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
+                                   _sn(nn.Linear(h, 1), sn))
+        self.s_x, self.s_z = _sn(nn.Linear(h, 1), sn), _sn(nn.Linear(h, 1), sn)
+        self.video = video
+
+    def forward(self, x, code):
+        """x: (N, 1, S, S) or (N, 1, T, S, S); code: (N, dim_code). Returns [joint, x, z] scores."""
+        fx, fz = self.f_x(self.convs(x)), self.f_z(code)
+        return [self.joint(torch.cat([fx, fz], 1)), self.s_x(fx), self.s_z(fz)]
+
+
+class MotionSampler(nn.Module):
+    """The prior over z_M: GRUCell with linear feedback, eps(1) ~ N(0, I) (paper eqs. 12-14)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cell = nn.GRUCell(cfg.dim_eps, cfg.dim_z_m)
+        self.w_m = nn.Linear(cfg.dim_z_m, cfg.dim_eps, bias=False)   # weight [E, H]
+        self.cfg = cfg
+
+    def forward(self, eps, steps):                              # eps: (B, dim_eps)
+        c = self.cell
+        return _gru_feedback(eps, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, self.w_m.weight,
+                             steps, backend=self.cfg.sampler_backend)   # (B, T, dim_z_m)
+
+
+class MDBiGAN(nn.Module):
+    def __init__(self, cfg=None):
+        super().__init__()
+        self.cfg = cfg = (cfg or Config()).validate()
+        self.enc = FrameEncoder(cfg, cfg.dim_z_m, pool_time=False)                  # E
+        self.enc_c = FrameEncoder(cfg, cfg.dim_z_c, pool_time=True) if cfg.content_encoder else None
+        self.gen = Generator(cfg)                                                   # G
+        self.sampler = MotionSampler(cfg)
+        dim_c = cfg.dim_z_c if cfg.content_encoder else 0
+        self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + dim_c, video=False)  # D_I
+        self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + dim_c, video=True)  # D_V
+
+    # ------------------------------------------------------------------ the API
+    def _check(self, videos):
+        T, S = self.cfg.frames, self.cfg.size
+        if videos.dim() != 5 or tuple(videos.shape[1:]) != (T, 1, S, S):
+            raise ValueError(f"videos must be [B, {T}, 1, {S}, {S}] floats in [0, 1], got "
+                             f"{list(videos.shape)}")
+        return videos * 2 - 1                                   # the model works in [-1, 1]
+
+    def encode_motion(self, videos):
+        """videos [B, T, 1, S, S] in [0, 1] -> z_M [B, T, dim_z_m]."""
+        return self.enc(self._check(videos))
+
+    def encode_content(self, videos):
+        """videos [B, T, 1, S, S] in [0, 1] -> z_C [B, dim_z_c] (needs the content encoder)."""
+        if self.enc_c is None:
+            raise RuntimeError("this model has no content encoder (Config.content_encoder=False)")
+        return self.enc_c(self._check(videos))
+
+    def sample(self, n, device=None):
+        """Codes from the priors: z_C [n, dim_z_c] ~ N(0, I), z_M [n, T, dim_z_m] from the GRU."""
+        device = device or next(self.parameters()).device
+        z_c = torch.randn(n, self.cfg.dim_z_c, device=device)
+        z_m = self.sampler(torch.randn(n, self.cfg.dim_eps, device=device), self.cfg.frames)
+        return z_c, z_m
+
+    def _generate(self, z_c, z_m):                              # -> (B, T, 1, S, S) in [-1, 1]
+        B, T = z_m.shape[:2]
+        z = torch.cat([z_c[:, None].expand(B, T, z_c.shape[1]), z_m], 2)   # (B, T, dz_c + dz_m)
+        return self.gen(z.flatten(0, 1)).view(B, T, 1, self.cfg.size, self.cfg.size)
+
+    def generate(self, z_c, z_m):
+        """(z_C [B, dim_z_c], z_M [B, T, dim_z_m]) -> videos [B, T, 1, S, S] in [0, 1]."""
+        return (self._generate(z_c, z_m) + 1) / 2
+
+    # ------------------------------------------------------------------ losses
+    def _scores(self, x, z_m, z_c, t_idx):
+        """D_I on frames t_idx (B, k) and D_V on whole videos; lists of score tensors."""
+        cfg = self.cfg
+        if cfg.instance_noise > 0:
+            x = x + cfg.instance_noise * torch.randn_like(x)
+        B, T = z_m.shape[:2]
+        b_idx = torch.arange(B, device=x.device)[:, None]
+        frames = x[b_idx, t_idx].flatten(0, 1)                  # (B*k, 1, S, S)
+        codes = z_m[b_idx, t_idx].flatten(0, 1)                 # (B*k, dim_z_m)
+        vcode = z_m.flatten(1)                                  # (B, T*dim_z_m)
+        if z_c is not None:
+            codes = torch.cat([codes, z_c.repeat_interleave(t_idx.shape[1], 0)], 1)
+            vcode = torch.cat([vcode, z_c], 1)
+        s_i = self.disc_image(frames, codes)
+        s_v = self.disc_video(x.transpose(1, 2), vcode)         # (B, 1, T, S, S)
+        return s_i, s_v
+
+    def _pairs(self, videos):
+        """Real pairs (x, E(x) [, E_C(x)]) and fake pairs (G(z), z), in [-1, 1]."""
+        x = self._check(videos)
+        B = x.shape[0]
+        z_m_real = self.enc(x)
+        z_c_real = self.enc_c(x) if self.enc_c is not None else None
+        z_c, z_m = self.sample(B, x.device)
+        x_fake = self._generate(z_c, z_m)
+        k = min(self.cfg.image_frames, self.cfg.frames)         # the same random steps for both
+        t_idx = torch.rand(B, self.cfg.frames, device=x.device).argsort(1)[:, :k]
+        return (x, z_m_real, z_c_real), (x_fake, z_m, z_c if self.enc_c is not None else None), t_idx
+
+    def d_loss(self, videos):
+        """Discriminator loss (D_I + D_V), to minimise w.r.t. their parameters only."""
+        with torch.no_grad():      # E, E_C, G and the sampler are fixed in this step
+            (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
+        x = x.requires_grad_(self.cfg.r1_gamma > 0)
+        s_real = self._scores(x, zm_r, zc_r, t_idx)
+        s_fake = self._scores(xf, zm_f, zc_f, t_idx)
+        logs, total = {}, 0
+        for name, sr, sf in zip(("d_i", "d_v"), s_real, s_fake):
+            l = sum(self._d_term(a, b) for a, b in zip(sr, sf) if self.cfg.unary or a is sr[0])
+            logs[name] = l.detach()
+            total = total + l
+        if self.cfg.r1_gamma > 0:   # R1 on the joint and image scores of real frames
+            s = sum(s.sum() for ss in s_real for s in ss[:2])
+            g, = torch.autograd.grad(s, x, create_graph=True)
+            r1 = 0.5 * self.cfg.r1_gamma * g.pow(2).flatten(1).sum(1).mean()
+            total, logs["r1"] = total + r1, r1.detach()
+        return total, logs
+
+    def _d_term(self, s_real, s_fake):
+        if self.cfg.loss == "hinge":
+            return F.relu(1 - s_real).mean() + F.relu(1 + s_fake).mean()
+        return F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
+
+    def eg_loss(self, videos):
+        """Encoder + generator (+ sampler) loss: the adversarial terms with swapped roles, plus
+        the reconstruction and latent consistency terms. Minimise w.r.t. E, E_C, G, sampler."""
+        cfg = self.cfg
+        (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
+        s_real = self._scores(x, zm_r, zc_r, t_idx)
+        s_fake = self._scores(xf, zm_f, zc_f, t_idx)
+        logs, total = {}, 0
+        for sr, sf in zip(s_real, s_fake):
+            for j, (a, b) in enumerate(zip(sr, sf)):
+                if j > 0 and not cfg.unary:
+                    continue
+                if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
+                    total = total + a.mean() - b.mean()
+                else:                      # non-saturating, labels swapped
+                    total = total + F.softplus(a).mean() + F.softplus(-b).mean()
+        logs["g"] = total.detach()
+        if cfg.recon_weight > 0:
+            rec = (self._generate(zc_r, zm_r) - x).abs().mean()
+            total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
+        if cfg.latent_weight > 0:
+            lat = (self.enc(xf) - zm_f).abs().mean()
+            if self.enc_c is not None:
+                lat = lat + (self.enc_c(xf) - zc_f).abs().mean()
+            total, logs["lat"] = total + cfg.latent_weight * lat, lat.detach()
+        return total, logs
+
+    def forward(self, videos, step):
+        """step "d" -> d_loss, "eg" -> eg_loss; a forward() so that DDP can wrap the model."""
+        if step == "d":
+            return self.d_loss(videos)
+        if step == "eg":
+            return self.eg_loss(videos)
+        raise ValueError(f"step must be 'd' or 'eg', got {step!r}")
+
+    def d_parameters(self):
+        return list(self.disc_image.parameters()), list(self.disc_video.parameters())
+
+    def eg_parameters(self):
+        mods = [self.enc, self.gen, self.sampler] + ([self.enc_c] if self.enc_c is not None else [])
+        return [p for m in mods for p in m.parameters()]
