@@ -19,7 +19,7 @@ Where this differs from the paper and the authors' code, and why (SPEC.md sectio
   - Unary scores for the image alone and the code alone beside the joint score (BigBiGAN), so
     that image realism keeps a gradient when the joint term saturates (the paper's failure).
   - A content encoder E_C, and two consistency terms (ALICE-style), off to reproduce the paper:
-    recon_weight * |G(E_C(X), E(X)) - X| and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|.
+    recon_weight * |G(E_C(X), E(X)) - X|^2 and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|.
     The latent term is what ties z_M to motion only: G's motion comes from z_M alone, so an E
     that recovers z_M from G's videos must read motion, not the digit.
   - z_M is scaled by tanh inside the GRU, so E's output is tanh-bounded to the same range.
@@ -60,7 +60,9 @@ class Config:
     instance_noise: float = 0.0 # std of Gaussian noise on every frame the discriminators see
     r1_gamma: float = 0.0       # R1 penalty on real images (DIGAN: ~1); 0 = off
     image_frames: int = 4       # frames per video that D_I scores, at random steps, real and fake
-    recon_weight: float = 1.0   # L1 reconstruction G(E_C(X), E(X)) vs X (needs content_encoder)
+    adv_weight: float = 1.0     # weight of the adversarial terms in the E/G loss
+    recon_weight: float = 1.0   # reconstruction G(E_C(X), E(X)) vs X (needs content_encoder)
+    recon_loss: str = "mse"     # "mse" or "l1" (l1's per-pixel median of a sparse digit is black)
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     lr: float = 2e-4            # Adam learning rate of E, E_C, G, sampler and D_I
     lr_dv_scale: float = 1.0    # D_V's learning rate = lr * this (StyleGAN-V uses 0.1)
@@ -122,7 +124,8 @@ def _levels(size):
 def conv_stack(cfg, in_ch, sn=False, dims=2):
     """Stride-2 convs from S x S to 4 x 4 (dims=3: over space only), LeakyReLU; returns (net, out_ch)."""
     Conv = nn.Conv2d if dims == 2 else nn.Conv3d
-    k, s, p = (4, 2, 1) if dims == 2 else ((3, 4, 4), (1, 2, 2), (1, 1, 1))
+    # 3-D: time is halved at each level too (T = 20 -> 10 -> 5 -> 3), which cuts D_V's cost ~4x
+    k, s, p = (4, 2, 1) if dims == 2 else ((3, 4, 4), (2, 2, 2), (1, 1, 1))
     layers, c = [], in_ch
     for i in range(_levels(cfg.size)):
         c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
@@ -144,12 +147,15 @@ class Generator(nn.Module):
         n = _levels(cfg.size)
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(n))]
         self.fc = nn.Linear(cfg.dim_z_c + cfg.dim_z_m, chans[0] * 16)
-        layers = [nn.BatchNorm2d(chans[0]), nn.ReLU()]
+        # GroupNorm, not BatchNorm: no running statistics, so G behaves the same in train and
+        # eval mode and on any batch size (BatchNorm's eval-mode output was noise early on)
+        norm = lambda c: nn.GroupNorm(min(8, c // 2) or 1, c)
+        layers = [norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
             if c_out is None:
                 layers += [nn.ConvTranspose2d(c_in, 1, 4, 2, 1), nn.Tanh()]
             else:
-                layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU()]
+                layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), norm(c_out), nn.ReLU()]
         self.net, self.c0 = nn.Sequential(*layers), chans[0]
 
     def forward(self, z):                                       # z: (N, dim_z_c + dim_z_m)
@@ -180,7 +186,10 @@ class JointDiscriminator(nn.Module):
         super().__init__()
         sn, h, p = cfg.spectral_norm, cfg.d_hidden, cfg.d_dropout
         self.convs, c = conv_stack(cfg, 1, sn=sn, dims=3 if video else 2)
-        n_img = c * 16 * (cfg.frames if video else 1)
+        t_out = cfg.frames if video else 1
+        for _ in range(_levels(cfg.size) if video else 0):
+            t_out = (t_out - 1) // 2 + 1                        # the 3-D convs' stride in time
+        n_img = c * 16 * t_out
         self.f_x = nn.Sequential(nn.Flatten(), _sn(nn.Linear(n_img, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
         self.f_z = nn.Sequential(_sn(nn.Linear(dim_code, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
                                  _sn(nn.Linear(h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
@@ -327,8 +336,10 @@ class MDBiGAN(nn.Module):
                 else:                      # non-saturating, labels swapped
                     total = total + F.softplus(a).mean() + F.softplus(-b).mean()
         logs["g"] = total.detach()
+        total = cfg.adv_weight * total
         if cfg.recon_weight > 0:
-            rec = (self._generate(zc_r, zm_r) - x).abs().mean()
+            diff = self._generate(zc_r, zm_r) - x
+            rec = diff.pow(2).mean() if cfg.recon_loss == "mse" else diff.abs().mean()
             total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
         if cfg.latent_weight > 0:
             lat = (self.enc(xf) - zm_f).abs().mean()

@@ -33,7 +33,8 @@ from mdbigan import Config, MDBiGAN
 
 PRESETS = {  # name -> (Config, batch size per rank, max steps, time limit in minutes or 0)
     "paper": (Config(), 32, 20000, 0),                       # the paper's sizes, for a GPU
-    "cpu": (Config.small(ch=16, ch_max=64, d_hidden=128), 16, 1000, 20),   # 2-core CPU
+    "cpu": (Config.small(ch=16, ch_max=64, d_hidden=128, recon_weight=10.0, adv_weight=0.1,
+                         lr=1e-3), 16, 3000, 20),                   # 2-core CPU, 20 minutes
     "tiny": (Config(frames=4, size=16, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8,
                     d_hidden=16), 4, 4, 0),                  # tests and smoke runs
 }
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=500, help="steps between sample pictures")
     p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--bench", type=int, metavar="STEPS", help="only time STEPS steps of every "
+                   "preset on --device (synthetic videos, no files written) and exit")
     args = p.parse_args(argv)
     for k in ("max_steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
         if getattr(args, k) is not None and getattr(args, k) < 1:
@@ -129,8 +132,41 @@ def save_grid(path, rows, labels=None):
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
 
 
+def bench(args):
+    """ms/step and videos/s of one D + one E/G step for each preset, on this machine."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"machine: {name}; torch {torch.__version__}; {'bf16 autocast' if cuda else 'fp32'}")
+    for preset in ("tiny", "cpu", "paper"):
+        cfg, batch, _, _ = PRESETS[preset]
+        torch.manual_seed(0)
+        model = MDBiGAN(cfg).to(device)
+        net = torch.compile(model) if args.compile else model
+        opt = torch.optim.Adam(model.parameters(), cfg.lr)
+        x = torch.rand(batch, cfg.frames, 1, cfg.size, cfg.size, device=device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        for i in range(args.bench + 3):                          # 3 warm-up steps, not timed
+            if i == 3:
+                torch.cuda.synchronize() if cuda else None
+                t0 = time.perf_counter()
+            for step in ("d", "eg"):
+                with autocast:
+                    loss, _ = net(x, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        torch.cuda.synchronize() if cuda else None
+        dt = (time.perf_counter() - t0) / args.bench
+        print(f"{preset:6s} {cfg.size}x{cfg.size} T={cfg.frames} batch {batch:3d}: "
+              f"{dt * 1e3:8.1f} ms/step  {batch / dt:8.1f} videos/s")
+    return 0
+
+
 def main(argv=None):
     args, parser = parse_args(argv)
+    if args.bench:
+        return bench(args)
     base, batch, steps, minutes = PRESETS[args.preset]
     batch = args.batch_size or batch
     max_steps = args.max_steps or steps
@@ -151,16 +187,14 @@ def main(argv=None):
 
     # ---- checkpoint to resume, output folder
     ck = None
+    cfg = make_config(args, parser, base) if not args.resume else None
     if args.resume:
-        path = os.path.join(out, "ckpt.pt") if args.resume == "auto" else args.resume
         try:
-            ck = load_checkpoint(path, "cpu")
+            ck = load_checkpoint(os.path.join(out, "ckpt.pt") if args.resume == "auto" else args.resume)
             cfg = Config.from_dict(ck["config"])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    else:
-        cfg = make_config(args, parser, base)
     if rank == 0:
         try:
             os.makedirs(out, exist_ok=True)
@@ -327,8 +361,7 @@ def main(argv=None):
             code = 128 + stop["sig"]
             break
     pool.shutdown(wait=True)
-    for s, h in old.items():
-        signal.signal(s, h)
+    [signal.signal(s, h) for s, h in old.items()]
     if ddp:
         import torch.distributed as dist
         # every rank must end with the same weights; shards must differ

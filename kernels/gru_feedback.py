@@ -84,6 +84,28 @@ if triton is not None:
         return tl.dot(b_x, w, input_precision="ieee")
 
     @triton.jit
+    def _biases(p_bih, p_bhh, i_h, H):
+        """b_ir + b_hr, b_iz + b_hz, b_in, b_hn as [1, BH] rows (b_hn stays apart: reset gate)."""
+        m = i_h < H
+        b_ir = tl.load(p_bih + i_h, mask=m, other=0.0) + tl.load(p_bhh + i_h, mask=m, other=0.0)
+        b_iz = tl.load(p_bih + H + i_h, mask=m, other=0.0) + tl.load(p_bhh + H + i_h, mask=m, other=0.0)
+        b_in = tl.load(p_bih + 2 * H + i_h, mask=m, other=0.0)
+        b_hn = tl.load(p_bhh + 2 * H + i_h, mask=m, other=0.0)
+        return b_ir, b_iz, b_in, b_hn
+
+    @triton.jit
+    def _gates(b_e, b_h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in, b_hn, p_wih, p_whh,
+               H, E, BH: tl.constexpr, BE: tl.constexpr, HOIST: tl.constexpr):
+        """One GRUCell step from e(t) and h(t-1): gates r, z (called u), n, and W_hn h + b_hn."""
+        r = _sigmoid(_mm(b_e, w_ir, p_wih, BH, BE, E, H, E, True, HOIST)
+                     + _mm(b_h, w_hr, p_whh, BH, BH, H, H, H, True, HOIST) + b_ir)
+        u = _sigmoid(_mm(b_e, w_iz, p_wih + H * E, BH, BE, E, H, E, True, HOIST)
+                     + _mm(b_h, w_hz, p_whh + H * H, BH, BH, H, H, H, True, HOIST) + b_iz)
+        g_hn = _mm(b_h, w_hn, p_whh + 2 * H * H, BH, BH, H, H, H, True, HOIST) + b_hn
+        n = _tanh(_mm(b_e, w_in, p_wih + 2 * H * E, BH, BE, E, H, E, True, HOIST) + b_in + r * g_hn)
+        return r, u, n, g_hn
+
+    @triton.jit
     def _weights(p_wih, p_whh, p_wm, H, E, BH: tl.constexpr, BE: tl.constexpr):
         """The nine weight blocks, transposed for `x @ w`: [BE, BH] x3, [BH, BH] x3, [BH, BE]."""
         w_ir = _load_mat(p_wih, BH, BE, E, H, E, True)
@@ -113,21 +135,14 @@ if triton is not None:
         m_h = (i_b < B) & (i_h < H)
         b_e = tl.load(p_eps + i_b * E + i_e, mask=(i_b < B) & (i_e < E), other=0.0)
         b_h = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
-        b_ir = tl.load(p_bih + i_h, mask=i_h < H, other=0.0) + tl.load(p_bhh + i_h, mask=i_h < H, other=0.0)
-        b_iz = tl.load(p_bih + H + i_h, mask=i_h < H, other=0.0) + tl.load(p_bhh + H + i_h, mask=i_h < H, other=0.0)
-        b_in = tl.load(p_bih + 2 * H + i_h, mask=i_h < H, other=0.0)
-        b_hn = tl.load(p_bhh + 2 * H + i_h, mask=i_h < H, other=0.0)
+        b_ir, b_iz, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
         if HOIST:  # weights stay in registers for all steps
             w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = _weights(p_wih, p_whh, p_wm, H, E, BH, BE)
         else:      # too big for registers: each block is reloaded (L1/L2-resident) at its use
             w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = 0, 0, 0, 0, 0, 0, 0
         for t in range(T):
-            r = _sigmoid(_mm(b_e, w_ir, p_wih, BH, BE, E, H, E, True, HOIST)
-                         + _mm(b_h, w_hr, p_whh, BH, BH, H, H, H, True, HOIST) + b_ir)
-            u = _sigmoid(_mm(b_e, w_iz, p_wih + H * E, BH, BE, E, H, E, True, HOIST)
-                         + _mm(b_h, w_hz, p_whh + H * H, BH, BH, H, H, H, True, HOIST) + b_iz)
-            g_hn = _mm(b_h, w_hn, p_whh + 2 * H * H, BH, BH, H, H, H, True, HOIST) + b_hn
-            n = _tanh(_mm(b_e, w_in, p_wih + 2 * H * E, BH, BE, E, H, E, True, HOIST) + b_in + r * g_hn)
+            r, u, n, g_hn = _gates(b_e, b_h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in,
+                                   b_hn, p_wih, p_whh, H, E, BH, BE, HOIST)
             b_h = (1.0 - u) * n + u * b_h
             b_h = tl.where(i_h < H, b_h, 0.0)       # keep the padding exactly zero
             tl.store(p_z + i_b * T * H + t * H + i_h, b_h.to(p_z.dtype.element_ty), mask=m_h)
@@ -148,10 +163,7 @@ if triton is not None:
         i_e = tl.arange(0, BE)[None, :]
         m_h = (i_b < B) & (i_h < H)
         m_e = (i_b < B) & (i_e < E)
-        b_ir = tl.load(p_bih + i_h, mask=i_h < H, other=0.0) + tl.load(p_bhh + i_h, mask=i_h < H, other=0.0)
-        b_iz = tl.load(p_bih + H + i_h, mask=i_h < H, other=0.0) + tl.load(p_bhh + H + i_h, mask=i_h < H, other=0.0)
-        b_in = tl.load(p_bih + 2 * H + i_h, mask=i_h < H, other=0.0)
-        b_hn = tl.load(p_bhh + 2 * H + i_h, mask=i_h < H, other=0.0)
+        b_ir, b_iz, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
         b_dh = tl.zeros([BLOCK_B, BH], dtype=tl.float32)   # gradient flowing into h(t) from t+1
         b_de = tl.zeros([BLOCK_B, BE], dtype=tl.float32)
         if HOIST:
@@ -169,12 +181,8 @@ if triton is not None:
                 b_e = _mm(b_hp, w_m, p_wm, BE, BH, H, E, H, True, HOIST)
             else:
                 b_e = tl.load(p_eps + i_b * E + i_e, mask=m_e, other=0.0)
-            r = _sigmoid(_mm(b_e, w_ir, p_wih, BH, BE, E, H, E, True, HOIST)
-                         + _mm(b_hp, w_hr, p_whh, BH, BH, H, H, H, True, HOIST) + b_ir)
-            u = _sigmoid(_mm(b_e, w_iz, p_wih + H * E, BH, BE, E, H, E, True, HOIST)
-                         + _mm(b_hp, w_hz, p_whh + H * H, BH, BH, H, H, H, True, HOIST) + b_iz)
-            g_hn = _mm(b_hp, w_hn, p_whh + 2 * H * H, BH, BH, H, H, H, True, HOIST) + b_hn
-            n = _tanh(_mm(b_e, w_in, p_wih + 2 * H * E, BH, BE, E, H, E, True, HOIST) + b_in + r * g_hn)
+            r, u, n, g_hn = _gates(b_e, b_hp, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in,
+                                   b_hn, p_wih, p_whh, H, E, BH, BE, HOIST)
             # total gradient into h(t): from z(t), from h(t+1), and via e(t+1) = W_m h(t)
             b_dh += tl.load(p_dz + i_b * T * H + t * H + i_h, mask=m_h, other=0.0)
             b_dh += _mm(b_de, t_m, p_wm, BE, BH, H, E, H, False, HOIST)
