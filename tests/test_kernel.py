@@ -5,6 +5,7 @@ GPU for real when one is present (the `cuda` tests are skipped without one).
     TRITON_INTERPRET=1 python -m pytest tests/test_kernel.py -q
 """
 import os
+import warnings
 
 import pytest
 import torch
@@ -134,10 +135,14 @@ def test_input_errors():
 
 def test_auto_backend_on_cpu_is_reference():
     p = make(4, 8, 8, device="cpu")
-    with pytest.warns(UserWarning, match="reference"):
-        import kernels.gru_feedback as kg
-        kg._said_fallback = False
+    import kernels.gru_feedback as kg
+    kg._said_fallback = False
+    with warnings.catch_warnings(record=True) as seen:   # whatever filters pytest.ini sets
+        warnings.simplefilter("always")
         z = gru_feedback(*p, steps=3)
+        gru_feedback(*p, steps=3)
+    assert [str(w.message) for w in seen if "reference" in str(w.message)] != []
+    assert len(seen) == 1                                  # said once, not at every call
     assert torch.equal(z, gru_feedback_ref(*p, 3))
 
 
