@@ -63,8 +63,9 @@ def cluster_acc(labels, clusters):
 def cluster_scores(features, labels, k=8, seed=0):
     """k-means on features [N, D]: (NMI, ARI, cluster accuracy) against labels [N]."""
     pred = KMeans(k, n_init=10, random_state=seed).fit_predict(features)
-    return (normalized_mutual_info_score(labels, pred), adjusted_rand_score(labels, pred),
-            cluster_acc(labels, pred))
+    # clipped: sklearn can return 1.0000000000000002 for a perfect clustering
+    return (min(1.0, normalized_mutual_info_score(labels, pred)),
+            min(1.0, adjusted_rand_score(labels, pred)), cluster_acc(labels, pred))
 
 
 def probe(features, labels, groups):
