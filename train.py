@@ -122,11 +122,16 @@ def batch_indices(seed, rank, world, step, n_items, batch):
     return rank + world * rng.integers(0, (n_items - rank + world - 1) // world, batch)
 
 
-def save_grid(path, rows, labels=None):
-    """rows: list of uint8/float arrays [T, S, S] in [0, 1]; one row each, frames across."""
+def _plt():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")                                        # files only, no display
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_grid(path, rows):
+    """rows: list of float arrays [T, S, S] in [0, 1]; one row each, frames across."""
+    plt = _plt()
     grid = np.concatenate([np.concatenate(list(np.pad(r, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)), 1)
                            for r in rows], 0)
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
@@ -384,9 +389,7 @@ def main(argv=None):
 
 
 def plot_losses(jsonl_path, png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
     rows = [json.loads(line) for line in open(jsonl_path)] if os.path.exists(jsonl_path) else []
     if not rows:
         return
