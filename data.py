@@ -209,7 +209,8 @@ def get_digits(mnist_dir=None, download=None, log=print):
             download_mnist(cache, log=log)
             return (*load_mnist(cache), cache)
         except (RuntimeError, OSError) as e:
-            log(f"data: MNIST download failed ({str(e).splitlines()[0]})")
+            reason = "; ".join(str(e).splitlines())
+            log(f"data: MNIST download failed ({reason[:300]})")
     warnings.warn("MNIST not found and not downloadable: using scikit-learn's 1,797 8x8 digits "
                   "resized to 28x28 instead (blurrier, fewer digits; results are not comparable "
                   f"with MNIST). To use MNIST, {HELP_GET_MNIST}.", stacklevel=2)

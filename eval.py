@@ -39,6 +39,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import data
+import train
 from mdbigan import Config, MDBiGAN
 
 KEYS = ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "pixel_ari", "pixel_acc",
@@ -112,15 +113,8 @@ def trajectory_features(videos):
 # ----------------------------------------------------------------------------- the run
 
 def load_checkpoint(path, device):
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- torch raises many kinds for a bad file
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-    if not isinstance(ck, dict) or not {"model", "config"} <= set(ck):
-        raise ValueError(f"checkpoint {path} lacks model/config: not an MDBiGAN checkpoint")
+    """The model of a train.py checkpoint, in eval mode; ValueError with a message if it is bad."""
+    ck = train.load_checkpoint(path, device)
     cfg = Config.from_dict(ck["config"])
     model = MDBiGAN(cfg)
     try:
