@@ -71,7 +71,6 @@ def main(argv=None):
         return
 
     import triton
-    import triton.language as tl
 
     @triton.jit
     def _empty_kernel(p):
