@@ -130,7 +130,7 @@ def conv_stack(cfg, in_ch, sn=False, dims=2):
     for i in range(_levels(cfg.size)):
         c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
         conv = Conv(c, c_out, k, s, p)
-        layers += [nn.utils.parametrizations.spectral_norm(conv) if sn else conv, nn.LeakyReLU(0.2)]
+        layers += [_sn(conv, sn), nn.LeakyReLU(0.2)]
         c = c_out
     return nn.Sequential(*layers), c
 
