@@ -12,7 +12,8 @@ and writes the gate pre-activation gradients [B, T, 4H]. The weight gradients ar
 matrix products over (B, T) -- deterministic (no atomics) and as fast as cuBLAS gets.
 
 Layers, as in fla-org/flash-linear-attention: `gru_feedback_ref` (the readable PyTorch spec),
-`_fwd_kernel`/`_bwd_kernel` -> host functions -> `GRUFeedbackFunction` -> `gru_feedback`.
+`_fwd_kernel`/`_bwd_kernel` -> host functions -> custom operators `mdbigan::gru_feedback_fwd/_bwd`
+(torch.library, with an autograd formula: no graph break under torch.compile) -> `gru_feedback`.
 
 Usage:
     from kernels import gru_feedback
@@ -249,19 +250,44 @@ def _bwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz):
     return deps, d_wih, d_whh, d_gi.sum(0), d_gh.sum(0), d_wm
 
 
-class GRUFeedbackFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels; inputs fp32 and contiguous, output fp32."""
+# Registered as custom operators with their own autograd formula, so that torch.compile
+# (fullgraph=True included) keeps the fused kernels as single opaque nodes instead of breaking the
+# graph at an autograd.Function it cannot trace through.
+@torch.library.custom_op("mdbigan::gru_feedback_fwd", mutates_args=())
+def _fwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+            b_hh: torch.Tensor, w_m: torch.Tensor, steps: int) -> torch.Tensor:
+    """Forward kernel; inputs fp32 and contiguous, output fp32 [B, steps, H]."""
+    return _fwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps)
 
-    @staticmethod
-    def forward(ctx, eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
-        z = _fwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps)
-        ctx.save_for_backward(eps, w_ih, w_hh, b_ih, b_hh, w_m, z)
-        return z
 
-    @staticmethod
-    def backward(ctx, dz):
-        grads = _bwd(*ctx.saved_tensors, dz.float().contiguous())
-        return (*grads, None)
+@_fwd_op.register_fake
+def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
+    return eps.new_empty(eps.shape[0], steps, w_hh.shape[1])
+
+
+@torch.library.custom_op("mdbigan::gru_feedback_bwd", mutates_args=())
+def _bwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+            b_hh: torch.Tensor, w_m: torch.Tensor, z: torch.Tensor,
+            dz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                       torch.Tensor, torch.Tensor]:
+    """Backward kernel and weight-gradient products: the gradients of the six inputs."""
+    return _bwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz)
+
+
+@_bwd_op.register_fake
+def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz):
+    return tuple(torch.empty_like(t) for t in (eps, w_ih, w_hh, b_ih, b_hh, w_m))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6], output)
+
+
+def _backward(ctx, dz):
+    return (*_bwd_op(*ctx.saved_tensors, dz.float().contiguous()), None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 _said_fallback = False
@@ -343,4 +369,4 @@ def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, b
                          f"weight blocks must fit in shared memory), got H = {H}; use "
                          "backend='torch' or 'auto'")
     args = [t.float().contiguous() for t in (eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m)]
-    return GRUFeedbackFunction.apply(*args, steps).to(eps.dtype)
+    return _fwd_op(*args, steps).to(eps.dtype)

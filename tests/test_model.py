@@ -19,7 +19,9 @@ def videos(cfg, B=3, seed=0):
     return torch.rand(B, cfg.frames, 1, cfg.size, cfg.size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("cfg", [Config(), Config.small(), Config(**TINY)], ids=["paper", "small", "tiny"])
+@pytest.mark.parametrize("cfg", [Config(), Config.small(), Config(**TINY), Config.small(structured=True),
+                                 Config(**TINY, structured=True)],
+                         ids=["paper", "small", "tiny", "small-structured", "tiny-structured"])
 def test_api_shapes(cfg):
     torch.manual_seed(0)
     m = MDBiGAN(cfg).eval()
@@ -34,9 +36,11 @@ def test_api_shapes(cfg):
     assert v.min() >= 0 and v.max() <= 1
 
 
-@pytest.mark.parametrize("content", [True, False], ids=["content-encoder", "paper-as-written"])
+@pytest.mark.parametrize("content", [True, False, "structured"],
+                         ids=["content-encoder", "paper-as-written", "structured"])
 def test_every_parameter_gets_a_gradient(content):
-    kw = {} if content else dict(content_encoder=False, recon_weight=0.0)
+    kw = {True: {}, False: dict(content_encoder=False, recon_weight=0.0),
+          "structured": dict(structured=True)}[content]
     cfg = Config(**TINY, r1_gamma=1.0, **kw)
     torch.manual_seed(0)
     m = MDBiGAN(cfg)
@@ -56,6 +60,52 @@ def test_every_parameter_gets_a_gradient(content):
     for p in m.eg_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, names[id(p)]
     assert (m.enc_c is None) == (not content)
+
+
+def test_structured_place_and_glimpse_are_inverse():
+    """A canvas placed at a pose on the pixel grid and glimpsed at the same pose comes back."""
+    from mdbigan import glimpse, place, _canvas
+    S = 32
+    c = _canvas(S)
+    canvas = torch.rand(2, 1, c, c, generator=torch.Generator().manual_seed(0))
+    canvas[..., 0, :] = canvas[..., -1, :] = canvas[..., :, 0] = canvas[..., :, -1] = 0
+    pose = torch.tensor([[3.0, -5.0], [0.0, 2.0]]) * 2 / S     # whole pixels
+    frames = place(canvas, pose, S)
+    assert frames.shape == (2, 1, S, S)
+    torch.testing.assert_close((glimpse(frames * 2 - 1, pose, c) + 1) / 2, canvas, atol=1e-5, rtol=0)
+    # and the ink lands where the pose says: 3 px right and 5 px up of the frame's centre
+    ys, xs = torch.meshgrid(torch.arange(S) + 0.5, torch.arange(S) + 0.5, indexing="ij")
+    com = lambda im, w: (im * w).sum() / im.sum()
+    canvas_com = [com(canvas[0, 0], g) * S / c * 0.625 + (S - 0.625 * S) / 2
+                  for g in torch.meshgrid(torch.arange(c) + 0.5, torch.arange(c) + 0.5, indexing="ij")]
+    assert abs(com(frames[0, 0], xs) - canvas_com[1] - 3) < 0.05
+    assert abs(com(frames[0, 0], ys) - canvas_com[0] + 5) < 0.05
+
+
+def test_canvas_offset_in_frame_pixels():
+    from mdbigan import canvas_offset, _canvas
+    S = 32
+    c = _canvas(S)                                  # 20 canvas pixels = 20 frame pixels at S = 32
+    canvas = torch.zeros(2, 1, c, c)
+    canvas[0, 0, c // 2, c // 2 + 3] = 1           # pixel centre 3.5 px right, 0.5 px down
+    canvas[1, 0, :, :] = 1                          # uniform: centred
+    torch.testing.assert_close(canvas_offset(canvas, S), torch.tensor([[3.5, 0.5], [0.0, 0.0]]),
+                               atol=1e-4, rtol=0)
+
+
+def test_structured_motion_code_is_a_two_number_bottleneck():
+    """Whatever the frames hold, E's z_M(t) = tanh(W p + b) with p in R^2: atanh(z_M) - b spans
+    at most 2 dimensions, so z_M can carry where the digit is but not which digit it is."""
+    torch.manual_seed(0)
+    cfg = Config.small(structured=True)
+    m = MDBiGAN(cfg)
+    with torch.no_grad():
+        for p in m.enc.lift.parameters():     # away from the [I; 0] start: a generic W
+            p.normal_()
+        z = m.encode_motion(videos(cfg, B=8)).flatten(0, 1).double()
+    u = torch.atanh(z.clamp(-1 + 1e-7, 1 - 1e-7)) - m.enc.lift.bias.double()
+    sv = torch.linalg.svdvals(u)
+    assert sv[1] > 1e-3 * sv[0] and sv[2] < 1e-6 * sv[0], sv[:4]
 
 
 def test_fake_frames_for_d_image_come_from_all_steps():
