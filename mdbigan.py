@@ -19,19 +19,12 @@ Where this differs from the paper and the authors' code, and why (SPEC.md sectio
   - Unary scores for the image alone and the code alone beside the joint score (BigBiGAN), so
     that image realism keeps a gradient when the joint term saturates (the paper's failure).
   - A content encoder E_C, and two consistency terms (ALICE-style), off to reproduce the paper:
-    recon_weight * |G(E_C(X), E(X)) - X|^2 and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|.
-    The latent term is what ties z_M to motion only: G's motion comes from z_M alone, so an E
-    that recovers z_M from G's videos must read motion, not the digit.
+    recon_weight * |G(E_C(X), E(X)) - X|^2 and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|
+    (the latter trains E, E_C and G, not the prior).
   - z_M is scaled by tanh inside the GRU, so E's output is tanh-bounded to the same range.
-  - Config.structured (the CPU preset uses it): a where/what split, as DDPAE (Hsieh et al. 2018)
-    and AIR do for moving digits. E is a heatmap and spatial soft-argmax, p(t) in R^2, then
-    z_M(t) = tanh(W p(t) + b): a 2-number bottleneck, so z_M can say where the digit is but not
-    which digit. G draws one canvas per video from z_C and places it at pose(z_M(t)) (a spatial
-    transformer); E_C reads digit-centred glimpses at the same pose. A penalty holds each canvas's
-    centre of mass at its centre: without it, where a digit sits in its canvas is a free
-    convention per digit, and z_M carries the digit through it.
-    Measured (README): with the conv E and G, z_M leaked the digit 67% of the time and
-    reconstructions were blurred blobs; see README for the structured numbers.
+  - Config.structured (the CPU preset): E, E_C and G split where from what (see that section
+    below). With the plain conv E and G, z_M carried the digit (a linear probe read it 67% of
+    the time) and reconstructions were blurred blobs after 20 CPU minutes (README).
 Set content_encoder=False, recon_weight=latent_weight=0, loss="bce", unary=False (and
 structured=False, the default) to get close to the paper as written.
 
@@ -44,7 +37,7 @@ Usage:
     g_loss, g_logs = model.eg_loss(real_videos) # encoder + generator step
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -134,13 +127,13 @@ def _levels(size):
     return int(math.log2(size // 4))                            # stride-2 stages down to 4x4
 
 
-def conv_stack(cfg, in_ch, sn=False, dims=2):
-    """Stride-2 convs from S x S to 4 x 4 (dims=3: over space only), LeakyReLU; returns (net, out_ch)."""
+def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
+    """Stride-2 convs from S x S to 4 x 4 (or `levels` of them), LeakyReLU; returns (net, out_ch)."""
     Conv = nn.Conv2d if dims == 2 else nn.Conv3d
     # 3-D: time is halved at each level too (T = 20 -> 10 -> 5 -> 3), which cuts D_V's cost ~4x
     k, s, p = (4, 2, 1) if dims == 2 else ((3, 4, 4), (2, 2, 2), (1, 1, 1))
     layers, c = [], in_ch
-    for i in range(_levels(cfg.size)):
+    for i in range(_levels(cfg.size) if levels is None else levels):
         c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
         conv = Conv(c, c_out, k, s, p)
         layers += [_sn(conv, sn), nn.LeakyReLU(0.2)]
@@ -181,8 +174,9 @@ class Generator(nn.Module):
 # Config.structured = True splits "where" from "what" (as DDPAE, Hsieh et al. 2018, and AIR do
 # for moving digits): E reads only where the digit is, through a 2-number bottleneck, so z_M
 # cannot carry which digit it is; E_C reads digit-centred glimpses taken where E says; G draws one
-# canvas per video from z_C and places it where z_M says (a spatial transformer). Translation
-# only: the rotating MotionMNIST option is not modelled by this variant.
+# canvas per video from z_C and places it where z_M says (a spatial transformer). A penalty keeps
+# each canvas's centre of mass at its centre: else where a digit sits in its canvas is a free
+# convention per digit, and z_M carries the digit through it. Translation only (no rotation).
 GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
 
 
@@ -209,13 +203,10 @@ def glimpse(frames, pose, size):
 
 class WhereEncoder(nn.Module):
     """E, structured: frame -> heatmap -> spatial soft-argmax (Finn et al. 2016; Jakab et al.
-    2018) -> p(t) in [-1, 1]^2 -> z_M(t) = tanh(W p(t) + b).
-
-    The heatmap's logits are a learned conv net plus alpha * (the frame, pooled to the heatmap's
-    size), alpha learned and starting at 5: E starts out looking at the ink. A spatial transformer
-    cannot find the digit from scratch: with the conv net alone, 490 steps of the CPU preset left
-    every reconstruction a faint blob in one place. W starts as [I; 0], and the model's pose map
-    as its inverse on those two coordinates, so that G first draws where E looks."""
+    2018) -> p(t) in [-1, 1]^2 -> z_M(t) = tanh(W p(t) + b). The heatmap's logits are a conv net
+    plus alpha * the frame (alpha learned, from 5), so that E starts out looking at the ink: with
+    the conv net alone, 490 CPU-preset steps left every reconstruction a faint blob in one place.
+    W starts as [I; 0], the model's pose map as its inverse, so G first draws where E looks."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -246,12 +237,8 @@ class GlimpseEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.size = _canvas(cfg.size)
-        layers, c = [], 1
-        for i in range(_levels(cfg.size) - 1):
-            c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
-            layers += [nn.Conv2d(c, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]
-            c = c_out
-        self.convs, self.fc = nn.Sequential(*layers), nn.Linear(c * 25, cfg.dim_z_c)
+        self.convs, c = conv_stack(cfg, 1, levels=_levels(cfg.size) - 1)     # c x c -> 5 x 5
+        self.fc = nn.Linear(c * 25, cfg.dim_z_c)
 
     def forward(self, x, pose):                                 # (B, T, 1, S, S), (B, T, 2)
         B, T = x.shape[:2]
@@ -488,10 +475,9 @@ class MDBiGAN(nn.Module):
             cen = canvas_offset(self.gen.draw(zc_r), cfg.size).pow(2).sum(1).mean()
             total, logs["centre"] = total + cfg.centre_weight * cen, cen.detach()
         if cfg.latent_weight > 0:
-            # trains E, E_C and G only: the prior's codes are detached and G run again on them.
-            # With the gradient reaching the sampler, this term (~0.8) outweighed the adversarial
-            # one (x0.1) there, and the GRU's paths drifted out of the frame (measured: 14% of
-            # sampled videos kept one digit, the rest ran off the edge)
+            # trains E, E_C and G, not the prior (its codes detached, G run again on them): into
+            # the sampler this term outweighed the adversarial one (x0.1 on the CPU preset), and
+            # sampled paths ran off the frame
             zm_f, zc_f = zm_f.detach(), zc_f.detach() if zc_f is not None else None
             zc_g = zc_f if zc_f is not None else torch.randn(len(zm_f), cfg.dim_z_c, device=zm_f.device)
             xf = self._generate(zc_g, zm_f)

@@ -394,10 +394,16 @@ def plot_losses(jsonl_path, png):
     if not rows:
         return
     keys = [k for k in rows[-1] if k not in ("step", "ms")]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k in keys:
-        ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], label=k)
-    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.legend(), ax.grid(alpha=0.3)
+    adv = [k for k in keys if k in ("d_i", "d_v", "g", "r1")]   # the rest are >= 0: log scale
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, ks, title in zip(axes, (adv, [k for k in keys if k not in adv]),
+                             ("adversarial", "reconstruction and consistency (log)")):
+        for k in ks:
+            ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], label=k)
+        ax.set_xlabel("step"), ax.set_title(title, fontsize=10), ax.grid(alpha=0.3)
+        if ks:
+            ax.legend()
+    axes[1].set_yscale("log")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)

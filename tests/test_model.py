@@ -100,8 +100,8 @@ def test_structured_motion_code_is_a_two_number_bottleneck():
     cfg = Config.small(structured=True)
     m = MDBiGAN(cfg)
     with torch.no_grad():
-        for p in m.enc.lift.parameters():     # away from the [I; 0] start: a generic W
-            p.normal_()
+        for p in m.enc.lift.parameters():     # away from the [I; 0] start: a generic W (small
+            p.normal_(std=0.1)                # enough that tanh does not saturate)
         z = m.encode_motion(videos(cfg, B=8)).flatten(0, 1).double()
     u = torch.atanh(z.clamp(-1 + 1e-7, 1 - 1e-7)) - m.enc.lift.bias.double()
     sv = torch.linalg.svdvals(u)
