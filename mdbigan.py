@@ -73,6 +73,7 @@ class Config:
     sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
     structured: bool = False    # where/what split in E, E_C and G (see the module docstring)
     centre_weight: float = 1.0  # structured: (canvas centre of mass - its centre)^2 in frame pixels
+    sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
 
     @classmethod
     def small(cls, **kw):
@@ -85,6 +86,8 @@ class Config:
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             if getattr(self, k) < 1:
                 raise ValueError(f"Config.{k} must be >= 1, got {getattr(self, k)}")
+        if self.sampler_hidden < 0:
+            raise ValueError(f"Config.sampler_hidden must be >= 0, got {self.sampler_hidden}")
         if self.loss not in ("hinge", "bce"):
             raise ValueError(f"Config.loss must be 'hinge' or 'bce', got {self.loss!r}")
         if self.recon_weight > 0 and not self.content_encoder:
@@ -317,18 +320,22 @@ class JointDiscriminator(nn.Module):
 
 
 class MotionSampler(nn.Module):
-    """The prior over z_M: GRUCell with linear feedback, eps(1) ~ N(0, I) (paper eqs. 12-14)."""
+    """The prior over z_M: GRUCell with linear feedback, eps(1) ~ N(0, I) (paper eqs. 12-14).
+    With sampler_hidden > 0 the state h is wider than the code and z_M(t) = tanh(W h(t) + b)."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.cell = nn.GRUCell(cfg.dim_eps, cfg.dim_z_m)
-        self.w_m = nn.Linear(cfg.dim_z_m, cfg.dim_eps, bias=False)   # weight [E, H]
+        H = cfg.sampler_hidden or cfg.dim_z_m
+        self.cell = nn.GRUCell(cfg.dim_eps, H)
+        self.w_m = nn.Linear(H, cfg.dim_eps, bias=False)        # weight [E, H]
+        self.readout = nn.Linear(H, cfg.dim_z_m) if cfg.sampler_hidden else None
         self.cfg = cfg
 
     def forward(self, eps, steps):                              # eps: (B, dim_eps)
         c = self.cell
-        return _gru_feedback(eps, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, self.w_m.weight,
-                             steps, backend=self.cfg.sampler_backend)   # (B, T, dim_z_m)
+        h = _gru_feedback(eps, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, self.w_m.weight,
+                          steps, backend=self.cfg.sampler_backend)      # (B, T, H)
+        return h if self.readout is None else torch.tanh(self.readout(h))   # (B, T, dim_z_m)
 
 
 class MDBiGAN(nn.Module):

@@ -20,7 +20,7 @@ def videos(cfg, B=3, seed=0):
 
 
 @pytest.mark.parametrize("cfg", [Config(), Config.small(), Config(**TINY), Config.small(structured=True),
-                                 Config(**TINY, structured=True)],
+                                 Config(**{**TINY, "sampler_hidden": 7}, structured=True)],
                          ids=["paper", "small", "tiny", "small-structured", "tiny-structured"])
 def test_api_shapes(cfg):
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def test_api_shapes(cfg):
                          ids=["content-encoder", "paper-as-written", "structured"])
 def test_every_parameter_gets_a_gradient(content):
     kw = {True: {}, False: dict(content_encoder=False, recon_weight=0.0),
-          "structured": dict(structured=True)}[content]
+          "structured": dict(structured=True, sampler_hidden=6)}[content]
     cfg = Config(**TINY, r1_gamma=1.0, **kw)
     torch.manual_seed(0)
     m = MDBiGAN(cfg)
