@@ -157,6 +157,10 @@ def test_bad_inputs_and_configs():
         Config.from_dict({"frames": 3, "bogus": 1})
     with pytest.raises(ValueError, match="content_encoder"):
         Config(content_encoder=False).validate()
+    with pytest.raises(ValueError, match="content_encoder"):
+        Config(content_encoder=False, recon_weight=0.0, structured=True).validate()
+    with pytest.raises(ValueError, match="sampler_hidden"):
+        Config(sampler_hidden=-1).validate()
 
 
 def test_works_copied_alone(tmp_path):
