@@ -40,7 +40,7 @@ def test_api_shapes(cfg):
                          ids=["content-encoder", "paper-as-written", "structured"])
 def test_every_parameter_gets_a_gradient(content):
     kw = {True: {}, False: dict(content_encoder=False, recon_weight=0.0),
-          "structured": dict(structured=True, sampler_hidden=6)}[content]
+          "structured": dict(structured=True, sampler_hidden=6, prior_weight=1.0)}[content]
     cfg = Config(**TINY, r1_gamma=1.0, **kw)
     torch.manual_seed(0)
     m = MDBiGAN(cfg)
@@ -80,6 +80,58 @@ def test_structured_place_and_glimpse_are_inverse():
                   for g in torch.meshgrid(torch.arange(c) + 0.5, torch.arange(c) + 0.5, indexing="ij")]
     assert abs(com(frames[0, 0], xs) - canvas_com[1] - 3) < 0.05
     assert abs(com(frames[0, 0], ys) - canvas_com[0] + 5) < 0.05
+
+
+@pytest.mark.parametrize("S", [16, 32, 64])
+def test_crisp_rendering_copies_canvas_pixels(S):
+    """Config.crisp: at any pose, each frame holds the canvas's own pixel values (no sub-pixel
+    blur) on a black background (float rounding in grid_sample leaves ~1e-7 beside the ink),
+    and gradients still reach the pose and the canvas."""
+    from mdbigan import INK, CanvasGenerator
+    torch.manual_seed(0)
+    cfg = Config(size=S, frames=3, dim_z_c=8, ch=4, ch_max=8, structured=True)
+    gen = CanvasGenerator(cfg)
+    with torch.no_grad():                            # a canvas with ink, not all background
+        gen.draw.net[-2].bias.fill_(0.0)
+    z_c = torch.randn(2, cfg.dim_z_c)
+    pose = ((torch.rand(2, 3, 2) - 0.5) * 0.4).requires_grad_()    # off the pixel grid
+    frames = (gen(z_c, pose) + 1) / 2
+    canvas = gen.draw(z_c).detach()
+    for b in range(2):
+        ink = canvas[b][canvas[b] > INK].sort().values
+        for t in range(3):                           # the canvas fits inside the frame here
+            torch.testing.assert_close(frames[b, t][frames[b, t] > 1e-4].sort().values, ink,
+                                       atol=1e-5, rtol=0)
+    (frames * torch.randn_like(frames)).sum().backward()
+    assert pose.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+
+
+def test_prior_fit_learns_code_paths():
+    """prior_weight: fitting the sampler as a VAE decoder of E's code paths lowers its loss, and
+    then paths sampled from N(0, I) stay inside the range of the training paths (|z| <= 0.5)."""
+    torch.manual_seed(0)
+    cfg = Config(**{**TINY, "frames": 8, "dim_eps": 4}, structured=True, prior_weight=1.0,
+                 sampler_hidden=16)   # (with the state = the code, paths cannot cross)
+    m = MDBiGAN(cfg)
+    t = torch.linspace(0, 1, cfg.frames)[None, :, None]
+    start = torch.tensor([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+    paths = torch.cat([(start[:, None] * (1 - 2 * t)).repeat(8, 1, 1)] * 2, 2)   # 4 lines via 0
+    paths = paths + 0.01 * torch.randn_like(paths)
+    opt = torch.optim.Adam(list(m.sampler.parameters()) + list(m.prior_enc.parameters()), 3e-3)
+    losses = []
+    for _ in range(300):
+        loss = m.prior_fit(paths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-20:]) / 20 < 0.1 * sum(losses[:20]) / 20, (losses[:3], losses[-3:])
+    with torch.no_grad():
+        z = m.sample(256)[1]
+    assert z.abs().max() < 0.75, z.abs().max()
+    # and this fit is all that trains the sampler: the fake pairs' codes carry no gradient to it
+    assert not m._pairs(videos(cfg))[1][1].requires_grad
 
 
 def test_canvas_offset_in_frame_pixels():
@@ -161,6 +213,8 @@ def test_bad_inputs_and_configs():
         Config(content_encoder=False, recon_weight=0.0, structured=True).validate()
     with pytest.raises(ValueError, match="sampler_hidden"):
         Config(sampler_hidden=-1).validate()
+    with pytest.raises(ValueError, match="prior_weight"):
+        Config(prior_weight=-1.0).validate()
 
 
 def test_works_copied_alone(tmp_path):
