@@ -18,7 +18,9 @@ Metrics: k-means (k = 8) NMI / ARI / cluster accuracy on z_M and on raw pixels (
 videos: the baseline to beat); linear probes on z_M (motion: high is good; digit: content leaking
 into the motion code, chance 0.1) and on z_C; centre-of-mass motion error of reconstructions;
 digit recognisability by a classifier fitted on real training-split digits (28x28 crops at
-64x64, scaled with the frame); swap accuracy by that classifier and a motion judge fitted on
+64x64, scaled with the frame), and its mean top probability on sampled and on real frames
+(sample_confidence, judge_confidence: how legible, where consistency says only how steady);
+swap accuracy by that classifier and a motion judge fitted on
 real centre-of-mass trajectories. The judges' own accuracy on real held-out videos is reported.
 """
 import argparse
@@ -45,8 +47,8 @@ from mdbigan import Config, MDBiGAN
 KEYS = ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "pixel_ari", "pixel_acc",
         "probe_motion_acc", "probe_digit_acc", "pixel_probe_motion_acc", "content_probe_digit_acc",
         "content_probe_motion_acc", "recon_motion_err_px", "recon_motion_err_px_random_c",
-        "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc",
-        "judge_digit_acc", "judge_motion_acc"]
+        "recon_digit_acc", "sample_consistency", "sample_confidence", "swap_motion_acc",
+        "swap_digit_acc", "judge_digit_acc", "judge_confidence", "judge_motion_acc"]
 
 
 # ----------------------------------------------------------------------------- metric functions
@@ -220,12 +222,15 @@ def main(argv=None):
         digit_clf.fit(crops(tv[np.arange(len(tv)), t_pick], d).reshape(len(tv), -1) / 255.0, td)
         motion_clf.fit(trajectory_features(tv), tm)
 
-    def classify(vids):                                          # (N, T, S, S) in [0, 1] -> (N, T)
+    def classify(vids, confidence=False):                        # (N, T, S, S) in [0, 1] -> (N, T)
         c = crops(vids.reshape(-1, cfg.size, cfg.size), d).reshape(len(vids) * cfg.frames, -1)
-        return digit_clf.predict(c).reshape(len(vids), cfg.frames)
+        prob = digit_clf.predict_proba(c)
+        labels = digit_clf.classes_[prob.argmax(1)].reshape(len(vids), cfg.frames)
+        return (labels, float(prob.max(1).mean())) if confidence else labels
 
     real01 = videos / 255.0
-    m["judge_digit_acc"] = float((classify(real01) == digits[:, None]).mean())
+    labels, m["judge_confidence"] = classify(real01, confidence=True)
+    m["judge_digit_acc"] = float((labels == digits[:, None]).mean())
     m["judge_motion_acc"] = float((motion_clf.predict(trajectory_features(real01)) == motions).mean())
     stage(f"judges fitted on {len(tv)} training videos: digit {m['judge_digit_acc']:.3f}, "
           f"motion {m['judge_motion_acc']:.3f} on real held-out videos")
@@ -252,7 +257,9 @@ def main(argv=None):
     with torch.no_grad():
         zs_c, zs_m = model.sample(k, dev)
     samples = batched(gen, zs_c.cpu().numpy(), zs_m.cpu().numpy(), device=dev)
-    labels = classify(samples)
+    # one canvas per video (structured G) keeps any drawing the same over the frames: the judge's
+    # mean top probability on the sampled frames, beside its value on real ones, says how legible
+    labels, m["sample_confidence"] = classify(samples, confidence=True)
     m["sample_consistency"] = float((labels == labels[:, :1]).all(1).mean())
     stage(f"reconstructions, swaps and samples of {k} videos")
 

@@ -69,12 +69,14 @@ def test_eval_on_tiny_checkpoint(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     for k in ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "probe_motion_acc",
               "probe_digit_acc", "recon_motion_err_px", "recon_digit_acc", "sample_consistency",
-              "swap_motion_acc", "swap_digit_acc"]:
+              "sample_confidence", "judge_confidence", "swap_motion_acc", "swap_digit_acc"]:
         assert k in m and m[k] is not None, k
     for k in ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
               "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc"]:
         assert 0 <= m[k] <= 1, k
     assert -1 <= m["motion_ari"] <= 1 and m["recon_motion_err_px"] >= 0
+    for k in ["sample_confidence", "judge_confidence"]:   # a top probability of <= 10 classes
+        assert 0.1 - 1e-9 <= m[k] <= 1, k
     for name in ["fig4_pca.png", "fig4_tsne.png", "fig5_recon.png", "swap.png", "samples.png"]:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "motion_nmi" in capsys.readouterr().out
