@@ -34,7 +34,8 @@ from mdbigan import Config, MDBiGAN
 PRESETS = {  # name -> (Config, batch size per rank, max steps, time limit in minutes or 0)
     "paper": (Config(), 32, 20000, 0),                       # the paper's sizes, for a GPU
     "cpu": (Config.small(ch=16, ch_max=64, d_hidden=128, recon_weight=10.0, adv_weight=0.1,
-                         lr=1e-3, structured=True), 16, 3000, 20),  # 2-core CPU, 20 minutes
+                         lr=1e-3, structured=True, prior_weight=1.0, sampler_hidden=32),
+             16, 3000, 20),                                  # 2-core CPU, 20 minutes
     "tiny": (Config(frames=4, size=16, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8,
                     d_hidden=16), 4, 4, 0),                  # tests and smoke runs
 }
