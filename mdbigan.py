@@ -276,6 +276,10 @@ class CanvasGenerator(nn.Module):
         self.draw = Generator(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
         self.size, self.crisp = cfg.size, cfg.crisp
 
+    def shown(self, canvas):
+        """The ink a crisp G shows: canvas pixels under INK set to 0 (the canvas as is otherwise)."""
+        return canvas * (canvas > INK) if self.crisp else canvas
+
     def forward(self, z_c, pose):                               # (B, dim_z_c), (B, T, 2)
         B, T = pose.shape[:2]
         canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
@@ -284,7 +288,7 @@ class CanvasGenerator(nn.Module):
         frames = place(canvas, pose, self.size)
         if self.crisp:   # forward: crisp; backward: the smooth rendering's gradient (with the
             # crisp rendering's own, the CPU preset's rec loss was 0.073 at step 200, not 0.029)
-            crisp = place(canvas * (canvas > INK), snap(pose, self.size).detach(), self.size)
+            crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
             frames = frames + (crisp - frames).detach()
         return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
 
@@ -516,9 +520,7 @@ class MDBiGAN(nn.Module):
             # (measured: a linear probe read the digit from z_M 27% of the time without this term)
             # (crisp: of the ink G shows; centring the whole canvas left each digit's visible ink
             # off centre by its own mean offset, up to 0.7 px, and the probe read 0.23 of digits)
-            canvas = self.gen.draw(zc_r)
-            canvas = canvas * (canvas > INK) if cfg.crisp else canvas
-            cen = canvas_offset(canvas, cfg.size).pow(2).sum(1).mean()
+            cen = canvas_offset(self.gen.shown(self.gen.draw(zc_r)), cfg.size).pow(2).sum(1).mean()
             total, logs["centre"] = total + cfg.centre_weight * cen, cen.detach()
         if cfg.latent_weight > 0:
             # trains E, E_C and G, not the prior (its codes detached, G run again on them): into
