@@ -1,56 +1,37 @@
-"""MDBiGAN: Motion Disentangled Bidirectional GAN (the paper in shared/paper, SPEC.md section 1).
+"""MDBiGAN: Motion Disentangled Bidirectional GAN, in one file that imports only torch.
 
-A video X = x(1..T) is split into one content code z_C and per-frame motion codes z_M(1..T).
-  E    (2-D convs, per frame)        x(t) -> z_M(t)
-  E_C  (2-D convs, mean over time)   X -> z_C              (beyond the paper: its future work)
-  G    (2-D transposed convs)        (z_C, z_M(t)) -> x(t)
-  sampler  GRU with linear feedback  eps ~ N(0, I) -> z_M(1..T)   (eqs. 12-14, kernels/)
-  D_I  (2-D convs)  (x(t), z_M(t) [, z_C]) -> score per frame
-  D_V  (3-D convs)  (X, Z_M [, z_C]) -> score per video
-Both discriminators see BiGAN pairs: real (x, E(x)), fake (G(z), z) with z from the priors.
-
-Where this differs from the paper and the authors' code, and why (SPEC.md sections 3-5):
-  - D_I's fake frames come from every time step (the authors used only the first GRU step), and
-    real and fake frames are drawn at the same random steps.
-  - G ends in tanh and the data are mapped from [0, 1] to [-1, 1] before anyone sees them (the
-    authors fed [0, 1] reals against [-1, 1] fakes).
-  - No BatchNorm in the discriminators (they saw all-real and all-fake batches); spectral norm
-    instead, hinge loss by default (BigBiGAN), dropout 0.2 (ALI), optional instance noise and R1.
-  - Unary scores for the image alone and the code alone beside the joint score (BigBiGAN), so
-    that image realism keeps a gradient when the joint term saturates (the paper's failure).
-  - A content encoder E_C, and two consistency terms (ALICE-style), off to reproduce the paper:
-    recon_weight * |G(E_C(X), E(X)) - X|^2 and latent_weight * |E(G(z)) - z_M| + |E_C(G(z)) - z_C|
-    (the latter trains E, E_C and G, not the prior).
-  - z_M is scaled by tanh inside the GRU, so E's output is tanh-bounded to the same range.
-  - Config.structured (the CPU preset): E, E_C and G split where from what (see that section
-    below). With the plain conv E and G, z_M carried the digit (a linear probe read it 67% of
-    the time) and reconstructions were blurred blobs after 20 CPU minutes (README).
-  - prior_weight: the sampler is fitted as the decoder of a VAE over E's code paths (its
-    encoder q(eps | z_M(1..T)) is prior_enc), so that sampled paths are ones real videos have.
-Set content_encoder=False, recon_weight=latent_weight=0, loss="bce", unary=False (and
-structured=False, the default) to get close to the paper as written.
+A video X = x(1..T) is split into one content code z_C and per-frame motion codes z_M(1..T):
+E: x(t) -> z_M(t); E_C: (X, z_M) -> z_C; G: (z_C, z_M) -> X; the prior over z_M is a GRU with
+linear feedback (kernels/); D_I and D_V score BiGAN pairs, real (x, E(x)) against fake (G(z), z).
+Two families implement E, E_C and G behind one interface, and Config.structured picks one, once:
+the paper's conv nets, or a where/what split (E reads where the digit is, E_C reads glimpses
+there, G places one canvas per video). The model, the paper and what differs: docs/model.md.
 
 Usage:
     from mdbigan import Config, MDBiGAN
-    model = MDBiGAN(Config.small())             # or Config() for the paper's sizes
+    model = MDBiGAN(Config(structured=True))    # or MDBiGAN.from_checkpoint("runs/gpu/ckpt.pt")
     z_c, z_m = model.sample(8)                  # [8, dim_z_c], [8, T, dim_z_m]
     videos = model.generate(z_c, z_m)           # [8, T, 1, S, S] in [0, 1]
+    z_m, z_c = model.encode_motion(videos), model.encode_content(videos)
     d_loss, d_logs = model.d_loss(real_videos)  # discriminator step
-    g_loss, g_logs = model.eg_loss(real_videos) # encoder + generator step
+    g_loss, g_logs = model.eg_loss(real_videos) # encoder + generator (+ prior) step
 """
 import math
+import os
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+CHECKPOINT_VERSION = 2  # bumped when a checkpoint of an older model no longer loads
+
 
 @dataclass
 class Config:
     frames: int = 20            # T, frames per video (paper: 20)
     size: int = 64              # S, frames are S x S grayscale; a power of two >= 16
-    dim_z_m: int = 16           # motion code per frame (paper: 16), also the GRU's hidden size
+    dim_z_m: int = 16           # motion code per frame (paper: 16)
     dim_z_c: int = 64           # content code per video (paper: 64)
     dim_eps: int = 16           # size of the GRU input eps / feedback e(t)
     ch: int = 64                # base channel count of every conv stack (doubles per level)
@@ -73,10 +54,10 @@ class Config:
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
     sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
-    structured: bool = False    # where/what split in E, E_C and G (see the module docstring)
+    structured: bool = False    # the where/what family instead of the paper's conv nets
     centre_weight: float = 1.0  # structured: (canvas centre of mass - its centre)^2 in frame pixels
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
-    crisp: bool = True          # structured: whole-pixel placement, black background (see below)
+    crisp: bool = True          # structured: whole-pixel placement on black, as the data are made
     prior_weight: float = 0.0   # fit the motion prior to E's code paths as a sequence VAE's decoder
 
     @classmethod
@@ -85,30 +66,55 @@ class Config:
         return cls(**{**dict(size=32, ch=32, ch_max=128, d_hidden=128), **kw})
 
     def validate(self):
-        if self.size < 16 or self.size & (self.size - 1):
-            raise ValueError(f"Config.size must be a power of two >= 16, got {self.size}")
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"Config.{msg}")
+        need(self.size >= 16 and not self.size & (self.size - 1),
+             f"size must be a power of two >= 16, got {self.size}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"Config.{k} must be >= 1, got {getattr(self, k)}")
-        if self.sampler_hidden < 0:
-            raise ValueError(f"Config.sampler_hidden must be >= 0, got {self.sampler_hidden}")
-        if self.prior_weight < 0:
-            raise ValueError(f"Config.prior_weight must be >= 0, got {self.prior_weight}")
-        if self.loss not in ("hinge", "bce"):
-            raise ValueError(f"Config.loss must be 'hinge' or 'bce', got {self.loss!r}")
-        if self.recon_weight > 0 and not self.content_encoder:
-            raise ValueError("Config.recon_weight > 0 needs content_encoder=True")
-        if self.structured and not self.content_encoder:
-            raise ValueError("Config.structured=True needs content_encoder=True (E_C reads the glimpses)")
+            need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
+                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale"):
+            need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("beta1", "beta2", "d_dropout"):
+            need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
+        need(self.loss in ("hinge", "bce"), f"loss must be 'hinge' or 'bce', got {self.loss!r}")
+        need(self.recon_loss in ("mse", "l1"), f"recon_loss must be 'mse' or 'l1', got {self.recon_loss!r}")
+        need(self.sampler_backend in ("auto", "triton", "torch"),
+             f"sampler_backend must be 'auto', 'triton' or 'torch', got {self.sampler_backend!r}")
+        need(self.recon_weight == 0 or self.content_encoder, "recon_weight > 0 needs content_encoder=True")
+        need(not self.structured or self.content_encoder,
+             "structured=True needs content_encoder=True (E_C reads the glimpses)")
         return self
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown Config fields {sorted(unknown)}: checkpoint from another version?")
         return cls(**d).validate()
+
+
+def load_checkpoint(path, device="cpu"):
+    """A train.py checkpoint as a dict (weights_only); ValueError with a clear message if bad.
+    A folder is taken to mean the ckpt.pt inside it."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many kinds for a bad file
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); use another one or start afresh")
+    if not isinstance(ck, dict) or not {"model", "config", "step"} <= set(ck):
+        raise ValueError(f"checkpoint {path} lacks model/config/step: not an MDBiGAN checkpoint")
+    if ck.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} was written by an older mdbigan.py (format "
+                         f"{ck.get('version', 1)}, this one reads {CHECKPOINT_VERSION}): train "
+                         "again, or use the commit that wrote it")
+    return ck
 
 
 def gru_feedback_torch(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
@@ -132,8 +138,14 @@ def _gru_feedback(*args, backend="auto"):
     return gru_feedback(*args, backend=backend)
 
 
+# ---------------------------------------------------------------- shared building blocks
+
 def _levels(size):
     return int(math.log2(size // 4))                            # stride-2 stages down to 4x4
+
+
+def _sn(m, on):
+    return nn.utils.parametrizations.spectral_norm(m) if on else m
 
 
 def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
@@ -144,26 +156,20 @@ def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
     layers, c = [], in_ch
     for i in range(_levels(cfg.size) if levels is None else levels):
         c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
-        conv = Conv(c, c_out, k, s, p)
-        layers += [_sn(conv, sn), nn.LeakyReLU(0.2)]
+        layers += [_sn(Conv(c, c_out, k, s, p), sn), nn.LeakyReLU(0.2)]
         c = c_out
     return nn.Sequential(*layers), c
 
 
-def _sn(m, on):
-    return nn.utils.parametrizations.spectral_norm(m) if on else m
-
-
-class Generator(nn.Module):
+class UpConv(nn.Module):
     """Code -> image: linear to base x base, then transposed convs doubling `levels` times.
-    Ends in tanh ([-1, 1], the frames) or sigmoid ([0, 1], the structured variant's canvas)."""
+    Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that starts black)."""
 
     def __init__(self, cfg, dim_in, levels, base=4, out="tanh"):
         super().__init__()
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(levels))]
         self.fc = nn.Linear(dim_in, chans[0] * base * base)
-        # GroupNorm, not BatchNorm: no running statistics, so G behaves the same in train and
-        # eval mode and on any batch size (BatchNorm's eval-mode output was noise early on)
+        # GroupNorm, not BatchNorm: G then behaves the same in train and eval mode, at any batch
         norm = lambda c: nn.GroupNorm(min(8, c // 2) or 1, c)
         layers = [norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
@@ -172,154 +178,11 @@ class Generator(nn.Module):
             else:
                 layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), norm(c_out), nn.ReLU()]
         self.net, self.shape = nn.Sequential(*layers), (chans[0], base, base)
-        if out == "sigmoid":   # a canvas starts black, as the frames' background, not 0.5 grey
+        if out == "sigmoid":   # black, as the frames' background, not 0.5 grey
             nn.init.constant_(layers[-2].bias, -4.0)
 
     def forward(self, z):                                       # z: (N, dim_in)
         return self.net(self.fc(z).view(-1, *self.shape))      # (N, 1, base * 2**levels, ...)
-
-
-# ---------------------------------------------------------------- the structured variant
-# Config.structured = True splits "where" from "what" (as DDPAE, Hsieh et al. 2018, and AIR do
-# for moving digits): E reads only where the digit is, through a 2-number bottleneck, so z_M
-# cannot carry which digit it is; E_C reads digit-centred glimpses taken where E says; G draws one
-# canvas per video from z_C and places it where z_M says (a spatial transformer). A penalty keeps
-# each canvas's centre of mass at its centre: else where a digit sits in its canvas is a free
-# convention per digit, and z_M carries the digit through it. Translation only (no rotation).
-# Config.crisp renders as the data are made: the canvas at whole-pixel positions (a bilinear
-# sub-pixel shift blurs each frame differently) on a black background (canvas pixels under
-# INK set to 0), with the gradient of the smooth rendering (straight-through). Rendered so (at a
-# threshold of 0.1), the reconstructions of a checkpoint trained without it kept one judged digit
-# over all 20 frames in 99% of videos, not 67% (1,000 held-out videos).
-GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
-INK = 0.25       # crisp: canvas pixels below this are background (the sigmoid never reaches 0;
-                 # at 0.1 a faint halo made sampled canvases wider than the digit, cut by the edge)
-
-
-def _affine(pose, scale, inverse):
-    """pose (N, 2) in [-1, 1] frame coordinates -> (N, 2, 3) affine_grid matrices."""
-    N = pose.shape[0]
-    eye = torch.eye(2, device=pose.device, dtype=pose.dtype).expand(N, 2, 2)
-    if inverse:    # frame -> canvas coordinates: place a canvas at pose
-        return torch.cat([eye / scale, -pose[:, :, None] / scale], 2)
-    return torch.cat([eye * scale, pose[:, :, None]], 2)    # canvas -> frame: take a glimpse
-
-
-def place(canvas, pose, size):
-    """canvas (N, 1, c, c) in [0, 1], pose (N, 2) -> frames (N, 1, size, size) in [0, 1]."""
-    grid = F.affine_grid(_affine(pose, GLIMPSE, True), (pose.shape[0], 1, size, size), align_corners=False)
-    return F.grid_sample(canvas, grid, align_corners=False)  # zeros outside the canvas: black
-
-
-def glimpse(frames, pose, size):
-    """frames (N, 1, S, S) in [-1, 1], pose (N, 2) -> (N, 1, size, size) around pose, in [-1, 1]."""
-    grid = F.affine_grid(_affine(pose, GLIMPSE, False), (pose.shape[0], 1, size, size), align_corners=False)
-    return F.grid_sample((frames + 1) / 2, grid, align_corners=False) * 2 - 1
-
-
-class WhereEncoder(nn.Module):
-    """E, structured: frame -> heatmap -> spatial soft-argmax (Finn et al. 2016; Jakab et al.
-    2018) -> p(t) in [-1, 1]^2 -> z_M(t) = tanh(W p(t) + b). The heatmap's logits are a conv net
-    plus alpha * the frame (alpha learned, from 5), so that E starts out looking at the ink: with
-    the conv net alone, 490 CPU-preset steps left every reconstruction a faint blob in one place.
-    W starts as [I; 0], the model's pose map as its inverse, so G first draws where E looks."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        c = cfg.ch
-        self.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(c, 1, 3, 1, 1))
-        self.alpha = nn.Parameter(torch.tensor(5.0))
-        self.lift = nn.Linear(2, cfg.dim_z_m)
-        with torch.no_grad():
-            self.lift.weight.zero_()[:2].copy_(torch.eye(2)[: cfg.dim_z_m])
-            self.lift.bias.zero_()
-
-    def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
-        B, T = x.shape[:2]
-        x = x.flatten(0, 1)
-        h = self.net(x) + self.alpha * F.avg_pool2d(x, 2)      # (B*T, 1, S/2, S/2) heatmap logits
-        n = h.shape[-1]
-        w = h.flatten(1).softmax(1).view(-1, n, n)
-        c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
-        p = torch.stack([(w.sum(1) * c).sum(1), (w.sum(2) * c).sum(1)], 1)      # (x, y)
-        return torch.tanh(self.lift(p)).view(B, T, -1)          # (B, T, dim_z_m)
-
-
-class GlimpseEncoder(nn.Module):
-    """E_C, structured: a glimpse of every frame at G's pose of z_M(t), conv stack, mean over time."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.size = _canvas(cfg.size)
-        self.convs, c = conv_stack(cfg, 1, levels=_levels(cfg.size) - 1)     # c x c -> 5 x 5
-        self.fc = nn.Linear(c * 25, cfg.dim_z_c)
-
-    def forward(self, x, pose):                                 # (B, T, 1, S, S), (B, T, 2)
-        B, T = x.shape[:2]
-        g = glimpse(x.flatten(0, 1), pose.flatten(0, 1), self.size)
-        return self.fc(self.convs(g).flatten(1).view(B, T, -1).mean(1))    # (B, dim_z_c)
-
-
-def snap(pose, size):
-    """Pose -> the nearest one at which place() copies canvas pixels onto frame pixels (one
-    canvas pixel is one frame pixel, 2 / size wide, and GLIMPSE - 1 is a multiple of it)."""
-    return torch.round(pose * (size / 2)) / (size / 2)
-
-
-class CanvasGenerator(nn.Module):
-    """G, structured: z_C -> one canvas per video; frame t = the canvas placed at pose(z_M(t))."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.draw = Generator(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
-        self.size, self.crisp = cfg.size, cfg.crisp
-
-    def shown(self, canvas):
-        """The ink a crisp G shows: canvas pixels under INK set to 0 (the canvas as is otherwise)."""
-        return canvas * (canvas > INK) if self.crisp else canvas
-
-    def forward(self, z_c, pose):                               # (B, dim_z_c), (B, T, 2)
-        B, T = pose.shape[:2]
-        canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
-        canvas = canvas[:, None].expand(B, T, *canvas.shape[1:]).flatten(0, 1)
-        pose = pose.flatten(0, 1)
-        frames = place(canvas, pose, self.size)
-        if self.crisp:   # forward: crisp; backward: the smooth rendering's gradient (with the
-            # crisp rendering's own, the CPU preset's rec loss was 0.073 at step 200, not 0.029)
-            crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
-            frames = frames + (crisp - frames).detach()
-        return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
-
-
-def canvas_offset(canvas, size):
-    """canvas (N, 1, c, c) >= 0 -> its centre of mass minus its centre, in frame pixels (N, 2)."""
-    c = canvas.shape[-1]
-    pos = torch.arange(c, device=canvas.device, dtype=canvas.dtype) + 0.5 - c / 2
-    w = canvas[:, 0] / (canvas.sum((1, 2, 3))[:, None, None] + 1e-6)
-    return torch.stack([(w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)], 1) * (GLIMPSE * size / c)
-
-
-def _canvas(size):
-    return 5 * 2 ** (_levels(size) - 1)                        # 20 at size 32: GLIMPSE * size
-
-
-class FrameEncoder(nn.Module):
-    """Frame -> code: conv stack to 4x4, then a linear layer; optional mean over time (E_C)."""
-
-    def __init__(self, cfg, dim_out, pool_time):
-        super().__init__()
-        self.convs, c = conv_stack(cfg, 1)
-        self.fc = nn.Linear(c * 16, dim_out)
-        self.pool_time = pool_time
-
-    def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
-        B, T = x.shape[:2]
-        h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, C*16)
-        if self.pool_time:
-            return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
-        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), as the GRU's range
 
 
 class JointDiscriminator(nn.Module):
@@ -332,14 +195,13 @@ class JointDiscriminator(nn.Module):
         t_out = cfg.frames if video else 1
         for _ in range(_levels(cfg.size) if video else 0):
             t_out = (t_out - 1) // 2 + 1                        # the 3-D convs' stride in time
-        n_img = c * 16 * t_out
-        self.f_x = nn.Sequential(nn.Flatten(), _sn(nn.Linear(n_img, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
+        self.f_x = nn.Sequential(nn.Flatten(), _sn(nn.Linear(c * 16 * t_out, h), sn), nn.LeakyReLU(0.2),
+                                 nn.Dropout(p))
         self.f_z = nn.Sequential(_sn(nn.Linear(dim_code, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
                                  _sn(nn.Linear(h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
         self.joint = nn.Sequential(_sn(nn.Linear(2 * h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
                                    _sn(nn.Linear(h, 1), sn))
         self.s_x, self.s_z = _sn(nn.Linear(h, 1), sn), _sn(nn.Linear(h, 1), sn)
-        self.video = video
 
     def forward(self, x, code):
         """x: (N, 1, S, S) or (N, 1, T, S, S); code: (N, dim_code). Returns [joint, x, z] scores."""
@@ -361,11 +223,206 @@ class MotionSampler(nn.Module):
 
     def forward(self, eps, steps):                              # eps: (B, dim_eps)
         c = self.cell
+        eps = eps.to(c.weight_hh.dtype)          # under autocast q's eps is bf16: the recurrence is not
         h = _gru_feedback(eps, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, self.w_m.weight,
                           steps, backend=self.cfg.sampler_backend)      # (B, T, H)
         return h if self.readout is None else torch.tanh(self.readout(h))   # (B, T, dim_z_m)
 
 
+# ---------------------------------------------------------------- the paper's family: conv E, E_C, G
+# Every family's modules share one interface (x, videos in [-1, 1] as (B, T, 1, S, S)):
+#   E(x) -> z_M (B, T, dim_z_m) in [-1, 1];  E_C(x, z_M) -> z_C (B, dim_z_c);
+#   G(z_C, z_M) -> x;  G.penalties(z_C) -> {name: weighted loss term} the family needs.
+
+class ConvEncoder(nn.Module):
+    """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time."""
+
+    def __init__(self, cfg, dim_out, pool_time):
+        super().__init__()
+        self.convs, c = conv_stack(cfg, 1)
+        self.fc = nn.Linear(c * 16, dim_out)
+        self.pool_time = pool_time
+
+    def forward(self, x, z_m=None):                             # z_m: unused, the interface's
+        B, T = x.shape[:2]
+        h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, C*16)
+        if self.pool_time:
+            return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
+        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
+
+
+class ConvGenerator(nn.Module):
+    """G of the paper: each frame from the concatenated (z_C, z_M(t)) by transposed convs."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.net, self.size = UpConv(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size)), cfg.size
+
+    def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
+        B, T = z_m.shape[:2]
+        z = torch.cat([z_c[:, None].expand(B, T, z_c.shape[1]), z_m], 2)   # (B, T, dz_c + dz_m)
+        return self.net(z.flatten(0, 1)).view(B, T, 1, self.size, self.size)
+
+    def penalties(self, z_c):
+        return {}
+
+
+def conv_family(cfg):
+    """(E, E_C, G) of the paper; E_C is None without the content encoder."""
+    enc_c = ConvEncoder(cfg, cfg.dim_z_c, pool_time=True) if cfg.content_encoder else None
+    return ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), enc_c, ConvGenerator(cfg)
+
+
+# ---------------------------------------------------------------- the where/what family
+# E reads only where the digit is, through a 2-number bottleneck, so z_M cannot carry which digit
+# it is (as DDPAE and AIR do for moving digits); E_C reads digit-centred glimpses at the pose that
+# z_M gives; G draws one canvas per video from z_C and places it at that pose. Translation only.
+GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
+INK = 0.25       # crisp: canvas pixels below this are background (lower left a halo the edge cut)
+
+
+def _affine(pose, scale, inverse):
+    """pose (N, 2) in [-1, 1] frame coordinates -> (N, 2, 3) affine_grid matrices."""
+    eye = torch.eye(2, device=pose.device, dtype=pose.dtype).expand(pose.shape[0], 2, 2)
+    if inverse:    # frame -> canvas coordinates: place a canvas at pose
+        return torch.cat([eye / scale, -pose[:, :, None] / scale], 2)
+    return torch.cat([eye * scale, pose[:, :, None]], 2)    # canvas -> frame: take a glimpse
+
+
+def place(canvas, pose, size):
+    """canvas (N, 1, c, c) in [0, 1], pose (N, 2) -> frames (N, 1, size, size) in [0, 1]."""
+    with torch.autocast(pose.device.type, enabled=False):   # bf16 grids would blur whole pixels
+        grid = F.affine_grid(_affine(pose.float(), GLIMPSE, True), (pose.shape[0], 1, size, size),
+                             align_corners=False)
+        return F.grid_sample(canvas.float(), grid, align_corners=False)   # black outside the canvas
+
+
+def glimpse(frames, pose, size):
+    """frames (N, 1, S, S) in [-1, 1], pose (N, 2) -> (N, 1, size, size) around pose, in [-1, 1]."""
+    with torch.autocast(pose.device.type, enabled=False):
+        grid = F.affine_grid(_affine(pose.float(), GLIMPSE, False), (pose.shape[0], 1, size, size),
+                             align_corners=False)
+        return F.grid_sample((frames.float() + 1) / 2, grid, align_corners=False) * 2 - 1
+
+
+def snap(pose, size):
+    """Pose -> the nearest one at which place() copies canvas pixels onto frame pixels (one
+    canvas pixel is one frame pixel, 2 / size wide, and GLIMPSE - 1 is a multiple of it)."""
+    return torch.round(pose * (size / 2)) / (size / 2)
+
+
+def canvas_offset(canvas, size):
+    """canvas (N, 1, c, c) >= 0 -> its centre of mass minus its centre, in frame pixels (N, 2)."""
+    c = canvas.shape[-1]
+    pos = torch.arange(c, device=canvas.device, dtype=canvas.dtype) + 0.5 - c / 2
+    w = canvas[:, 0] / (canvas.sum((1, 2, 3))[:, None, None] + 1e-6)
+    return torch.stack([(w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)], 1) * (GLIMPSE * size / c)
+
+
+def _canvas(size):
+    return 5 * 2 ** (_levels(size) - 1)                        # 20 at size 32: GLIMPSE * size
+
+
+class PoseMap(nn.Linear):
+    """z_M(t) -> where G draws and E_C looks, in [-1, 1]^2; starts as the inverse of E's lift."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg.dim_z_m, 2)
+        with torch.no_grad():
+            self.weight.zero_()[:, :2].copy_(torch.eye(2)[:, : cfg.dim_z_m])
+            self.bias.zero_()
+
+    def forward(self, z_m):                                     # fp32 even under autocast: a
+        with torch.autocast(z_m.device.type, enabled=False):   # bf16 pose is off by ~0.1 px
+            return super().forward(z_m.float())
+
+
+class WhereEncoder(nn.Module):
+    """E: frame -> heatmap -> spatial soft-argmax (Finn et al. 2016) -> p(t) in [-1, 1]^2 ->
+    z_M(t) = tanh(W p(t) + b). The heatmap's logits are a conv net plus alpha * the frame, so that
+    E starts out looking at the ink (the conv net alone never found the digit)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg.ch
+        self.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(c, 1, 3, 1, 1))
+        self.alpha = nn.Parameter(torch.tensor(5.0))
+        self.lift = nn.Linear(2, cfg.dim_z_m)
+        with torch.no_grad():   # [I; 0]: PoseMap starts as its inverse, so G draws where E looks
+            self.lift.weight.zero_()[:2].copy_(torch.eye(2)[: cfg.dim_z_m])
+            self.lift.bias.zero_()
+
+    def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
+        B, T = x.shape[:2]
+        x = x.flatten(0, 1)
+        h = self.net(x) + self.alpha * F.avg_pool2d(x, 2)      # (B*T, 1, S/2, S/2) heatmap logits
+        n = h.shape[-1]
+        w = h.flatten(1).softmax(1).view(-1, n, n)
+        c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
+        p = torch.stack([(w.sum(1) * c).sum(1), (w.sum(2) * c).sum(1)], 1)      # (x, y)
+        return torch.tanh(self.lift(p)).view(B, T, -1)          # (B, T, dim_z_m)
+
+
+class GlimpseEncoder(nn.Module):
+    """E_C: a glimpse of every frame at the pose of z_M(t), conv stack, mean over time."""
+
+    def __init__(self, cfg, pose):
+        super().__init__()
+        self.pose, self.size = pose, _canvas(cfg.size)         # pose: shared with G
+        self.convs, c = conv_stack(cfg, 1, levels=_levels(cfg.size) - 1)     # c x c -> 5 x 5
+        self.fc = nn.Linear(c * 25, cfg.dim_z_c)
+
+    def forward(self, x, z_m):                                  # (B, T, 1, S, S), (B, T, dim_z_m)
+        B, T = x.shape[:2]
+        g = glimpse(x.flatten(0, 1), self.pose(z_m).flatten(0, 1), self.size)
+        return self.fc(self.convs(g).flatten(1).view(B, T, -1).mean(1))    # (B, dim_z_c)
+
+
+class CanvasGenerator(nn.Module):
+    """G: z_C -> one canvas per video; frame t = the canvas placed at pose(z_M(t)).
+    Crisp: placed at whole pixels on black, as the data are made (a sub-pixel shift blurs each
+    frame differently), with the smooth rendering's gradient (the crisp one has none inside a
+    pixel, so the pose would not learn)."""
+
+    def __init__(self, cfg, pose):
+        super().__init__()
+        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
+        self.pose, self.size, self.crisp = pose, cfg.size, cfg.crisp
+        self.centre_weight = cfg.centre_weight
+
+    def shown(self, canvas):
+        """The ink a crisp G shows: canvas pixels under INK set to 0 (the canvas as is otherwise)."""
+        return canvas * (canvas > INK) if self.crisp else canvas
+
+    def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
+        B, T = z_m.shape[:2]
+        canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
+        canvas = canvas[:, None].expand(B, T, *canvas.shape[1:]).flatten(0, 1)
+        pose = self.pose(z_m).flatten(0, 1)                     # (B*T, 2)
+        frames = place(canvas, pose, self.size)
+        if self.crisp:                                          # straight-through
+            crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
+            frames = frames + (crisp - frames).detach()
+        return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
+
+    def penalties(self, z_c):
+        """The shown ink's centre of mass at the canvas centre: else where a digit sits in its
+        canvas is a free convention per digit, and z_M carries the digit through it."""
+        if self.centre_weight == 0:
+            return {}
+        off = canvas_offset(self.shown(self.draw(z_c)), self.size)
+        return {"centre": self.centre_weight * off.pow(2).sum(1).mean()}
+
+
+def where_what_family(cfg):
+    """(E, E_C, G) of the where/what split; E_C and G share one PoseMap."""
+    pose = PoseMap(cfg)
+    return WhereEncoder(cfg), GlimpseEncoder(cfg, pose), CanvasGenerator(cfg, pose)
+
+
+# ---------------------------------------------------------------- the model
 PRIOR_SIGMA = 0.05   # prior_weight: std of the path fit's Gaussian, in z_M units (~1 px at first)
 
 
@@ -373,27 +430,28 @@ class MDBiGAN(nn.Module):
     def __init__(self, cfg=None):
         super().__init__()
         self.cfg = cfg = (cfg or Config()).validate()
-        if cfg.structured:
-            self.enc, self.enc_c, self.gen = WhereEncoder(cfg), GlimpseEncoder(cfg), CanvasGenerator(cfg)
-            self.pose = nn.Linear(cfg.dim_z_m, 2)       # z_M(t) -> where G draws and E_C looks
-            with torch.no_grad():                       # ~ the inverse of E's tanh(W p + b)
-                self.pose.weight.zero_()[:, :2].copy_(torch.eye(2)[:, : cfg.dim_z_m])
-                self.pose.bias.zero_()
-        else:
-            self.enc = FrameEncoder(cfg, cfg.dim_z_m, pool_time=False)                  # E
-            self.enc_c = FrameEncoder(cfg, cfg.dim_z_c, pool_time=True) if cfg.content_encoder else None
-            self.gen = Generator(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size))      # G
-            self.pose = None
+        self.enc, self.enc_c, self.gen = (where_what_family if cfg.structured else conv_family)(cfg)
         self.sampler = MotionSampler(cfg)
-        # q(eps | z_M(1..T)): with prior_weight > 0 the sampler is also the decoder of a VAE on
-        # E's code paths, so that its paths are ones E produces (adversarially alone, 20 CPU
-        # minutes gave paths that jumped, stood still, or left the frame)
+        # q(eps | z_M(1..T)): the sampler is also the decoder of a VAE on E's code paths, so that
+        # its paths are ones E produces
         self.prior_enc = nn.Sequential(
             nn.Linear(cfg.frames * cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
             nn.Linear(cfg.d_hidden, 2 * cfg.dim_eps)) if cfg.prior_weight > 0 else None
         dim_c = cfg.dim_z_c if cfg.content_encoder else 0
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + dim_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + dim_c, video=True)  # D_V
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu"):
+        """The model of a train.py checkpoint (a file, or its run folder), in eval mode."""
+        ck = load_checkpoint(path, device)
+        model = cls(Config.from_dict(ck["config"]))
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {path} does not fit its own config (incompatible version?): "
+                             f"{str(e).splitlines()[0][:200]}")
+        return model.to(device).eval()
 
     # ------------------------------------------------------------------ the API
     def _check(self, videos):
@@ -411,12 +469,8 @@ class MDBiGAN(nn.Module):
         """videos [B, T, 1, S, S] in [0, 1] -> z_C [B, dim_z_c] (needs the content encoder)."""
         if self.enc_c is None:
             raise RuntimeError("this model has no content encoder (Config.content_encoder=False)")
-        return self._content(self._check(videos))
-
-    def _content(self, x, z_m=None):                            # x in [-1, 1] -> z_C
-        if self.pose is None:
-            return self.enc_c(x)
-        return self.enc_c(x, self.pose(self.enc(x) if z_m is None else z_m))
+        x = self._check(videos)
+        return self.enc_c(x, self.enc(x))
 
     def sample(self, n, device=None):
         """Codes from the priors: z_C [n, dim_z_c] ~ N(0, I), z_M [n, T, dim_z_m] from the GRU."""
@@ -425,46 +479,36 @@ class MDBiGAN(nn.Module):
         z_m = self.sampler(torch.randn(n, self.cfg.dim_eps, device=device), self.cfg.frames)
         return z_c, z_m
 
-    def _generate(self, z_c, z_m):                              # -> (B, T, 1, S, S) in [-1, 1]
-        if self.pose is not None:
-            return self.gen(z_c, self.pose(z_m))
-        B, T = z_m.shape[:2]
-        z = torch.cat([z_c[:, None].expand(B, T, z_c.shape[1]), z_m], 2)   # (B, T, dz_c + dz_m)
-        return self.gen(z.flatten(0, 1)).view(B, T, 1, self.cfg.size, self.cfg.size)
-
     def generate(self, z_c, z_m):
         """(z_C [B, dim_z_c], z_M [B, T, dim_z_m]) -> videos [B, T, 1, S, S] in [0, 1]."""
-        return (self._generate(z_c, z_m) + 1) / 2
+        return (self.gen(z_c, z_m) + 1) / 2
 
     # ------------------------------------------------------------------ losses
     def _scores(self, x, z_m, z_c, t_idx):
         """D_I on frames t_idx (B, k) and D_V on whole videos; lists of score tensors."""
-        cfg = self.cfg
-        if cfg.instance_noise > 0:
-            x = x + cfg.instance_noise * torch.randn_like(x)
-        B, T = z_m.shape[:2]
-        b_idx = torch.arange(B, device=x.device)[:, None]
+        if self.cfg.instance_noise > 0:
+            x = x + self.cfg.instance_noise * torch.randn_like(x)
+        b_idx = torch.arange(x.shape[0], device=x.device)[:, None]
         frames = x[b_idx, t_idx].flatten(0, 1)                  # (B*k, 1, S, S)
         codes = z_m[b_idx, t_idx].flatten(0, 1)                 # (B*k, dim_z_m)
         vcode = z_m.flatten(1)                                  # (B, T*dim_z_m)
         if z_c is not None:
             codes = torch.cat([codes, z_c.repeat_interleave(t_idx.shape[1], 0)], 1)
             vcode = torch.cat([vcode, z_c], 1)
-        s_i = self.disc_image(frames, codes)
-        s_v = self.disc_video(x.transpose(1, 2), vcode)         # (B, 1, T, S, S)
-        return s_i, s_v
+        return self.disc_image(frames, codes), self.disc_video(x.transpose(1, 2), vcode)
 
     def _pairs(self, videos):
-        """Real pairs (x, E(x) [, E_C(x)]) and fake pairs (G(z), z), in [-1, 1]."""
+        """Real pairs (x, E(x), E_C(x)) and fake pairs (G(z), z_M, z_C), in [-1, 1]; z_C is None
+        without the content encoder. t_idx: D_I's random steps, the same for real and fake."""
         x = self._check(videos)
         B = x.shape[0]
         z_m_real = self.enc(x)
-        z_c_real = self._content(x, z_m_real) if self.enc_c is not None else None
+        z_c_real = self.enc_c(x, z_m_real) if self.enc_c is not None else None
         z_c, z_m = self.sample(B, x.device)
-        if self.prior_enc is not None:   # the prior is fitted to E's paths alone (prior_fit): with the
-            z_m = z_m.detach()           # adversarial gradient too, 30% of paths left the real positions
-        x_fake = self._generate(z_c, z_m)
-        k = min(self.cfg.image_frames, self.cfg.frames)         # the same random steps for both
+        if self.prior_enc is not None:   # the prior is fitted to E's paths alone (prior_fit):
+            z_m = z_m.detach()           # the adversarial gradient sent paths off the frame
+        x_fake = self.gen(z_c, z_m)
+        k = min(self.cfg.image_frames, self.cfg.frames)
         t_idx = torch.rand(B, self.cfg.frames, device=x.device).argsort(1)[:, :k]
         return (x, z_m_real, z_c_real), (x_fake, z_m, z_c if self.enc_c is not None else None), t_idx
 
@@ -477,62 +521,48 @@ class MDBiGAN(nn.Module):
         s_fake = self._scores(xf, zm_f, zc_f, t_idx)
         logs, total = {}, 0
         for name, sr, sf in zip(("d_i", "d_v"), s_real, s_fake):
-            l = sum(self._d_term(a, b) for a, b in zip(sr, sf) if self.cfg.unary or a is sr[0])
-            logs[name] = l.detach()
-            total = total + l
+            heads = zip(sr, sf) if self.cfg.unary else [(sr[0], sf[0])]
+            if self.cfg.loss == "hinge":
+                l = sum(F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in heads)
+            else:
+                l = sum(F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads)
+            logs[name], total = l.detach(), total + l
         if self.cfg.r1_gamma > 0:   # R1 on the joint and image scores of real frames
-            s = sum(s.sum() for ss in s_real for s in ss[:2])
-            g, = torch.autograd.grad(s, x, create_graph=True)
+            g, = torch.autograd.grad(sum(s.sum() for ss in s_real for s in ss[:2]), x, create_graph=True)
             r1 = 0.5 * self.cfg.r1_gamma * g.pow(2).flatten(1).sum(1).mean()
             total, logs["r1"] = total + r1, r1.detach()
         return total, logs
 
-    def _d_term(self, s_real, s_fake):
-        if self.cfg.loss == "hinge":
-            return F.relu(1 - s_real).mean() + F.relu(1 + s_fake).mean()
-        return F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
-
     def eg_loss(self, videos):
-        """Encoder + generator (+ sampler) loss: the adversarial terms with swapped roles, plus
-        the reconstruction and latent consistency terms. Minimise w.r.t. E, E_C, G, sampler."""
+        """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
+        reconstruction and latent consistency terms, the family's penalties and the prior fit."""
         cfg = self.cfg
         (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
         s_real = self._scores(x, zm_r, zc_r, t_idx)
         s_fake = self._scores(xf, zm_f, zc_f, t_idx)
-        logs, total = {}, 0
-        for sr, sf in zip(s_real, s_fake):
-            for j, (a, b) in enumerate(zip(sr, sf)):
-                if j > 0 and not cfg.unary:
-                    continue
-                if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
-                    total = total + a.mean() - b.mean()
-                else:                      # non-saturating, labels swapped
-                    total = total + F.softplus(a).mean() + F.softplus(-b).mean()
-        logs["g"] = total.detach()
-        total = cfg.adv_weight * total
+        heads = [(a, b) for sr, sf in zip(s_real, s_fake) for a, b in (zip(sr, sf) if cfg.unary else [(sr[0], sf[0])])]
+        if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
+            adv = sum(a.mean() - b.mean() for a, b in heads)
+        else:                      # non-saturating, labels swapped
+            adv = sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)
+        logs, total = {"g": adv.detach()}, cfg.adv_weight * adv
         if cfg.recon_weight > 0:
-            diff = self._generate(zc_r, zm_r) - x
+            diff = self.gen(zc_r, zm_r) - x
             rec = diff.pow(2).mean() if cfg.recon_loss == "mse" else diff.abs().mean()
             total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
-        if cfg.structured and cfg.centre_weight > 0:
-            # the canvas's anchor is its centre of mass: otherwise where a digit sits in its canvas
-            # and where E points are a free convention per digit, and z_M leaks the digit by it
-            # (measured: a linear probe read the digit from z_M 27% of the time without this term)
-            # (crisp: of the ink G shows; centring the whole canvas left each digit's visible ink
-            # off centre by its own mean offset, up to 0.7 px, and the probe read 0.23 of digits)
-            cen = canvas_offset(self.gen.shown(self.gen.draw(zc_r)), cfg.size).pow(2).sum(1).mean()
-            total, logs["centre"] = total + cfg.centre_weight * cen, cen.detach()
+        if zc_r is not None:
+            for name, term in self.gen.penalties(zc_r).items():
+                total, logs[name] = total + term, term.detach()
         if cfg.latent_weight > 0:
             # trains E, E_C and G, not the prior (its codes detached, G run again on them): into
-            # the sampler this term outweighed the adversarial one (x0.1 on the CPU preset), and
-            # sampled paths ran off the frame
-            zm_f, zc_f = zm_f.detach(), zc_f.detach() if zc_f is not None else None
-            zc_g = zc_f if zc_f is not None else torch.randn(len(zm_f), cfg.dim_z_c, device=zm_f.device)
-            xf = self._generate(zc_g, zm_f)
+            # the sampler this term outweighed the adversarial one
+            zm_f = zm_f.detach()
+            zc_g = zc_f.detach() if zc_f is not None else torch.randn(len(zm_f), cfg.dim_z_c, device=zm_f.device)
+            xf = self.gen(zc_g, zm_f)
             zm_rec = self.enc(xf)
             lat = (zm_rec - zm_f).abs().mean()
             if self.enc_c is not None:
-                lat = lat + (self._content(xf, zm_rec) - zc_f).abs().mean()
+                lat = lat + (self.enc_c(xf, zm_rec) - zc_g).abs().mean()
             total, logs["lat"] = total + cfg.latent_weight * lat, lat.detach()
         if self.prior_enc is not None:                          # trains the sampler and q only
             prior = self.prior_fit(zm_r.detach())
@@ -558,9 +588,10 @@ class MDBiGAN(nn.Module):
         raise ValueError(f"step must be 'd' or 'eg', got {step!r}")
 
     def d_parameters(self):
+        """(D_I's, D_V's) parameters: D_V may get its own learning rate."""
         return list(self.disc_image.parameters()), list(self.disc_video.parameters())
 
     def eg_parameters(self):
-        mods = [self.enc, self.gen, self.sampler] + [
-            m for m in (self.enc_c, self.pose, self.prior_enc) if m is not None]
-        return [p for m in mods for p in m.parameters()]
+        """Every other parameter: E, E_C, G, the sampler and q (each once, shared ones too)."""
+        d = {id(p) for p in self.disc_image.parameters()} | {id(p) for p in self.disc_video.parameters()}
+        return [p for p in self.parameters() if id(p) not in d]
