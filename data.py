@@ -5,7 +5,7 @@ offline fallback digits and the preview picture), so this file can be copied int
 
 Each of the MNIST test digits is given each of 8 motions; the video at index i*8 + m is digit i
 with motion m. Default videos are 20 frames of 64x64 uint8, the digit's top-left corner moving
-from the starts of SPEC.md section 2 at M / T px per frame (M = 64 - 28 = 36, T = 20: 1.8 px),
+from the starts below (README, Data) at M / T px per frame (M = 64 - 28 = 36, T = 20: 1.8 px),
 plus N(0, 1) px jitter per frame, rounded to whole pixels and clipped so the digit stays in the
 frame. A smaller frame scales the digit, the positions and the jitter by size / 64.
 
@@ -31,7 +31,7 @@ Usage:
     python data.py --download [--mnist-dir DIR] # fetch MNIST into the cache (or DIR)
 
     from data import MotionMNIST
-    ds = MotionMNIST("train", mnist_dir="../shared/mnist")
+    ds = MotionMNIST("train", mnist_dir="path/to/mnist")
     video, motion, digit = ds[0]                # uint8 [20, 64, 64], int, int
     videos, motions, digits = ds.render(np.arange(256))   # a batch, vectorised
 """
@@ -53,7 +53,7 @@ MOTIONS = ("down", "up", "left", "right", "TL->BR", "BL->TR", "TR->BL", "BR->TL"
 _STARTS = np.array([(0.5, 0), (0.5, 1), (1, 0.5), (0, 0.5), (0, 0), (0, 1), (1, 0), (1, 1)])
 _DIRS = np.array([(0, 1), (0, -1), (-1, 0), (1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)])
 
-MNIST_FILES = {  # file name -> MD5 of the gzip file (SPEC.md section 2)
+MNIST_FILES = {  # file name -> MD5 of the gzip file
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
@@ -204,13 +204,21 @@ def get_digits(mnist_dir=None, download=None, log=print):
         return (*load_mnist(cache), cache)
     if download is None:
         download = os.environ.get("MDBIGAN_OFFLINE", "") in ("", "0")
+    failed = os.path.join(cache, ".download_failed")   # one try a day, not one per command
+    if download and os.path.isfile(failed) and time.time() - os.path.getmtime(failed) < 86400:
+        log(f"data: not downloading MNIST again (it failed within a day; delete {failed} to retry)")
+        download = False
     if download:
         try:
             download_mnist(cache, log=log)
             return (*load_mnist(cache), cache)
         except (RuntimeError, OSError) as e:
-            reason = "; ".join(str(e).splitlines())
-            log(f"data: MNIST download failed ({reason[:300]})")
+            log(f"data: MNIST download failed: {e}")
+            try:
+                os.makedirs(cache, exist_ok=True)
+                open(failed, "w").close()
+            except OSError:
+                pass   # a read-only cache: then it is tried again next time
     warnings.warn("MNIST not found and not downloadable: using scikit-learn's 1,797 8x8 digits "
                   "resized to 28x28 instead (blurrier, fewer digits; results are not comparable "
                   f"with MNIST). To use MNIST, {HELP_GET_MNIST}.", stacklevel=2)
@@ -380,11 +388,11 @@ class MotionMNIST:
 # ----------------------------------------------------------------------------- command line
 
 def preview(path, ds, frames_shown=None, title=None):
-    """Saves a picture: one row per motion (digit 0's videos), frames across, labelled."""
+    """Saves a picture: one row per motion (the split's 8th digit's videos), frames across, labelled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    videos, _, _ = ds.render(np.arange(8) + 8 * 7 % len(ds))
+    videos, _, _ = ds.render((np.arange(8) + 8 * 7) % len(ds))
     T = ds.frames if frames_shown is None else min(frames_shown, ds.frames)
     fig, axes = plt.subplots(8, T, figsize=(T * 0.8, 8 * 0.85), squeeze=False)
     for m in range(8):

@@ -41,14 +41,32 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import data
-import train
-from mdbigan import Config, MDBiGAN
+from mdbigan import MDBiGAN, load_checkpoint
 
 KEYS = ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "pixel_ari", "pixel_acc",
         "probe_motion_acc", "probe_digit_acc", "pixel_probe_motion_acc", "content_probe_digit_acc",
         "content_probe_motion_acc", "recon_motion_err_px", "recon_motion_err_px_random_c",
         "recon_digit_acc", "sample_consistency", "sample_confidence", "swap_motion_acc",
         "swap_digit_acc", "judge_digit_acc", "judge_confidence", "judge_motion_acc"]
+
+# how to read each number in the printed table: which way is good, and its target or baseline
+GUIDE = {
+    "motion_nmi": "higher is better; target >= 0.95; raw pixels: pixel_nmi",
+    "pixel_nmi": "the baseline: k-means on raw pixels",
+    "probe_motion_acc": "higher is better; target >= 0.98",
+    "probe_digit_acc": "lower is better (digit leaking into z_M); chance 0.10",
+    "content_probe_digit_acc": "higher is better (z_C holds the digit)",
+    "content_probe_motion_acc": "lower is better (motion leaking into z_C); chance 0.125",
+    "recon_motion_err_px": "lower is better (pixels of the model's frames)",
+    "recon_motion_err_px_random_c": "lower is better; the paper's Fig. 5 setting",
+    "recon_digit_acc": "higher is better; the judge on real frames: judge_digit_acc",
+    "sample_consistency": "higher is better: one digit over all frames of a sampled video",
+    "sample_confidence": "higher is better; real frames: judge_confidence",
+    "swap_motion_acc": "higher is better; target >= 0.95",
+    "swap_digit_acc": "higher is better",
+    "judge_digit_acc": "the digit judge on real held-out frames (its ceiling)",
+    "judge_motion_acc": "the motion judge on real held-out videos",
+}
 
 
 # ----------------------------------------------------------------------------- metric functions
@@ -114,19 +132,6 @@ def trajectory_features(videos):
 
 # ----------------------------------------------------------------------------- the run
 
-def load_checkpoint(path, device):
-    """The model of a train.py checkpoint, in eval mode; ValueError with a message if it is bad."""
-    ck = train.load_checkpoint(path, device)
-    cfg = Config.from_dict(ck["config"])
-    model = MDBiGAN(cfg)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit its own config (incompatible version?): "
-                         f"{str(e).splitlines()[0][:200]}")
-    return model.to(device).eval(), ck
-
-
 @torch.no_grad()
 def batched(fn, *arrays, batch=256, device="cpu"):
     """Runs fn on uint8 video batches [b, T, S, S] -> numpy, concatenated."""
@@ -143,7 +148,7 @@ def to_model(v):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate an MDBiGAN checkpoint.", allow_abbrev=False)
-    p.add_argument("ckpt", help="checkpoint written by train.py (OUT_DIR/ckpt.pt)")
+    p.add_argument("ckpt", help="checkpoint written by train.py (OUT_DIR/ckpt.pt, or OUT_DIR)")
     p.add_argument("--out-dir", help="where figures and metrics.json go (default: beside ckpt)")
     p.add_argument("--mnist-dir", help="folder with the MNIST test-set IDX files")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -154,6 +159,9 @@ def main(argv=None):
                    "(0 = all 8,000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes and k-means")
     args = p.parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # no source line
+    if args.max_videos < 0:
+        p.error(f"--max-videos must be >= 0, got {args.max_videos}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
     t0 = time.perf_counter()
@@ -162,18 +170,26 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
     try:
-        model, ck = load_checkpoint(args.ckpt, args.device)
-    except (ValueError, TypeError) as e:
+        ck = load_checkpoint(args.ckpt)
+        model = MDBiGAN.from_checkpoint(args.ckpt, args.device)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = model.cfg
-    variant = args.variant or ck.get("args", {}).get("variant", "default")
-    out = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
-                                       "eval" if variant == "default" else "eval_" + variant)
+    variant = args.variant or ck["args"].get("variant", "default")
+    run_dir = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(os.path.abspath(args.ckpt))
+    out = args.out_dir or os.path.join(run_dir, "eval" if variant == "default" else "eval_" + variant)
     try:
         os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, ".write_test"), "w").close()
+        os.remove(os.path.join(out, ".write_test"))
+    except OSError as e:
+        print(f"error: cannot write to output folder {out!r} ({e.strerror}); choose another with "
+              "--out-dir", file=sys.stderr)
+        return 2
+    try:
         test = data.MotionMNIST("test", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
-        train = data.MotionMNIST("train", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
+        train_set = data.MotionMNIST("train", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -210,7 +226,7 @@ def main(argv=None):
 
     # judges, fitted on real training-split videos
     d = data.digit_size(cfg.size)
-    tv, tm, td = train.render(rng.choice(len(train), min(8000, len(train)), replace=False))
+    tv, tm, td = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
     t_pick = rng.integers(0, cfg.frames, len(tv))
     # raw [0, 1] pixels, no StandardScaler: scaled, the near-constant black corners of real crops
     # made a faint grey background read as huge values (measured on one checkpoint's
@@ -270,10 +286,10 @@ def main(argv=None):
             "videos": n, "data": test.source, "frame_size": cfg.size}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({**m, "meta": meta}, f, indent=2)
-    print(f"\n{'metric':30s} value")
+    print(f"\n{'metric':30s} {'value':>8s}  how to read it")
     for key, v in m.items():
-        print(f"{key:30s} {'null' if v is None else f'{v:.4f}'}")
-    stage(f"wrote {out}/metrics.json")
+        print(f"{key:30s} {'null' if v is None else f'{v:8.4f}'}  {GUIDE.get(key, '')}")
+    stage(f"wrote metrics.json and the figures to {out}/")
     return 0
 
 
