@@ -1,11 +1,15 @@
-"""Shared pytest set-up: the Triton interpreter without a GPU, no network, the repo on sys.path.
+"""Shared pytest set-up and fixtures: the Triton interpreter without a GPU, no network, the repo on
+sys.path, fake MNIST files, real MNIST where $MDBIGAN_MNIST_DIR points to it, a tiny Config.
 
 TRITON_INTERPRET must be set before a Triton kernel is defined, so it is set here, at collection,
-when there is no GPU. Run: python -m pytest -q
+when there is no GPU. Run: python -m pytest -q   (MDBIGAN_MNIST_DIR=DIR adds the real-MNIST tests)
 """
+import gzip
 import os
 import sys
 
+import numpy as np
+import pytest
 import torch  # noqa: E402  (importing torch does not import triton)
 
 if not torch.cuda.is_available():  # on a GPU the kernel tests compile the kernels for real
@@ -13,5 +17,61 @@ if not torch.cuda.is_available():  # on a GPU the kernel tests compile the kerne
 os.environ.setdefault("MDBIGAN_OFFLINE", "1")          # tests never try to download MNIST
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SHARED_MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                            "shared", "mnist")
+from mdbigan import Config  # noqa: E402
+
+TINY = dict(frames=5, size=16, dim_z_c=8, dim_z_m=4, dim_eps=3, ch=4, ch_max=8, d_hidden=16)
+
+
+def write_idx(path, arr, magic, gz=True):
+    """Writes an IDX file (as MNIST ships them); returns the uncompressed bytes."""
+    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    blob = head + arr.astype(np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(gzip.compress(blob) if gz else blob)
+    return blob
+
+
+def _fake_mnist(folder, n=50, gz=True):
+    rng = np.random.default_rng(0)
+    imgs = np.zeros((n, 28, 28), np.uint8)
+    imgs[:, 8:20, 10:18] = rng.integers(100, 256, (n, 12, 8))   # a bright block as the "digit"
+    labels = np.arange(n) % 10
+    sfx = ".gz" if gz else ""
+    write_idx(os.path.join(folder, "t10k-images-idx3-ubyte" + sfx), imgs, 2051, gz)
+    write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte" + sfx), labels, 2049, gz)
+    return imgs, labels
+
+
+@pytest.fixture(scope="session")
+def fake_mnist():
+    """fake_mnist(folder, n=50, gz=True) writes MNIST-format files of n block "digits"."""
+    return _fake_mnist
+
+
+@pytest.fixture(scope="session")
+def idx_writer():
+    """write_idx(path, array, magic, gz=True)."""
+    return write_idx
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A folder of 100 fake MNIST digits (10 held out), shared by the session's tests."""
+    folder = tmp_path_factory.mktemp("mnist")
+    _fake_mnist(folder, n=100)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir():
+    """The real MNIST test-set files, found as data.py finds them ($MDBIGAN_MNIST_DIR); skips without."""
+    folder = os.environ.get("MDBIGAN_MNIST_DIR", "")
+    if not os.path.isdir(folder):
+        pytest.skip("real MNIST: set MDBIGAN_MNIST_DIR to a folder with the MNIST test-set files")
+    return folder
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A Config small enough for a CPU test step in well under a second."""
+    return Config(**TINY)

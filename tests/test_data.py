@@ -2,7 +2,6 @@
 
     python -m pytest tests/test_data.py -q
 """
-import gzip
 import hashlib
 import http.server
 import os
@@ -12,64 +11,46 @@ import numpy as np
 import pytest
 
 import data
-from conftest import SHARED_MNIST
-
-
-def write_idx(path, arr, magic, gz=True):
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    blob = head + arr.astype(np.uint8).tobytes()
-    with open(path, "wb") as f:
-        f.write(gzip.compress(blob) if gz else blob)
-    return blob
-
-
-def fake_mnist(folder, n=50, gz=True):
-    rng = np.random.default_rng(0)
-    imgs = np.zeros((n, 28, 28), np.uint8)
-    imgs[:, 8:20, 10:18] = rng.integers(100, 256, (n, 12, 8))   # a bright block as the "digit"
-    labels = np.arange(n) % 10
-    sfx = ".gz" if gz else ""
-    write_idx(os.path.join(folder, "t10k-images-idx3-ubyte" + sfx), imgs, 2051, gz)
-    write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte" + sfx), labels, 2049, gz)
-    return imgs, labels
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
-def test_load_mnist_roundtrip(tmp_path, gz):
+def test_load_mnist_roundtrip(tmp_path, gz, fake_mnist):
     imgs, labels = fake_mnist(tmp_path, gz=gz)
     got_i, got_l = data.load_mnist(str(tmp_path))
     assert got_i.dtype == np.uint8 and got_i.shape == (50, 28, 28)
     assert np.array_equal(got_i, imgs) and np.array_equal(got_l, labels)
 
 
-def test_truncated_and_corrupt_files_give_clear_errors(tmp_path):
+BROKEN = [pytest.param(lambda raw: raw[:-100], "t10k-images-idx3-ubyte.*truncated", id="truncated"),
+          pytest.param(lambda raw: b"\x00\x00\x08\x01" + raw[4:], "magic number", id="wrong-magic"),
+          pytest.param(lambda raw: b"\x1f\x8b garbage that is not gzip", "corrupt", id="corrupt-gzip")]
+
+
+@pytest.mark.parametrize("damage,message", BROKEN)
+def test_broken_file_is_a_clear_error(tmp_path, fake_mnist, damage, message):
     fake_mnist(tmp_path, gz=False)
     p = tmp_path / "t10k-images-idx3-ubyte"
-    raw = p.read_bytes()
-    p.write_bytes(raw[:-100])                                    # truncated
-    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
+    p.write_bytes(damage(p.read_bytes()))
+    with pytest.raises(ValueError, match=message):
         data.load_mnist(str(tmp_path))
-    p.write_bytes(b"\x00\x00\x08\x01" + raw[4:])                 # wrong magic
-    with pytest.raises(ValueError, match="magic number"):
-        data.load_mnist(str(tmp_path))
-    p.write_bytes(b"\x1f\x8b garbage that is not gzip")          # corrupt gzip
-    with pytest.raises(ValueError, match="corrupt"):
-        data.load_mnist(str(tmp_path))
-    os.remove(p)
+
+
+def test_missing_file_names_the_flag(tmp_path, fake_mnist):
+    fake_mnist(tmp_path, gz=False)
+    os.remove(tmp_path / "t10k-images-idx3-ubyte")
     with pytest.raises(FileNotFoundError, match="--mnist-dir"):
         data.load_mnist(str(tmp_path))
 
 
-def test_label_count_mismatch(tmp_path):
+def test_label_count_mismatch(tmp_path, fake_mnist, idx_writer):
     fake_mnist(tmp_path)
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(7), 2049)
+    idx_writer(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(7), 2049)
     with pytest.raises(ValueError, match="50 images but 7 labels"):
         data.load_mnist(str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST), reason="no ../shared/mnist")
-def test_real_mnist_files():
-    imgs, labels = data.load_mnist(SHARED_MNIST)
+def test_real_mnist_files(real_mnist_dir):
+    imgs, labels = data.load_mnist(real_mnist_dir)
     assert imgs.shape == (10000, 28, 28) and labels.shape == (10000,)
     counts = np.bincount(labels, minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -92,7 +73,7 @@ def server(tmp_path):
     httpd.shutdown()
 
 
-def test_download_good_bad_and_404(server, tmp_path, monkeypatch):
+def test_download_good_bad_and_404(server, tmp_path, monkeypatch, fake_mnist):
     root, url = server
     fake_mnist(root / "good")
     md5 = {n: hashlib.md5((root / "good" / n).read_bytes()).hexdigest() for n in data.MNIST_FILES}
@@ -107,10 +88,31 @@ def test_download_good_bad_and_404(server, tmp_path, monkeypatch):
     assert sorted(os.listdir(dest)) == sorted(md5)               # nothing else left behind
     assert all("/good/" in line for line in logs)
     assert data.load_mnist(str(dest))[0].shape == (50, 28, 28)
-    dest2 = tmp_path / "cache2"
+
+
+def test_download_of_a_corrupt_file_keeps_nothing(server, tmp_path, fake_mnist):
+    root, url = server
+    fake_mnist(root / "good")
+    for n in data.MNIST_FILES:                                   # bytes whose MD5 cannot match
+        (root / "bad" / n).write_bytes(b"x" + (root / "good" / n).read_bytes()[1:])
     with pytest.raises(RuntimeError, match="MD5 mismatch"):
-        data.download_mnist(str(dest2), mirrors=(url + "/bad/",))
-    assert os.listdir(dest2) == []                               # the corrupt file was not kept
+        data.download_mnist(str(tmp_path / "cache"), mirrors=(url + "/bad/",))
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_failed_download_is_not_retried_every_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("MDBIGAN_MNIST_DIR", raising=False)
+    calls = []
+
+    def fail(folder, log=print):
+        calls.append(folder)
+        raise RuntimeError("no network")
+    monkeypatch.setattr(data, "download_mnist", fail)
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="scikit-learn"):
+            data.get_digits(download=True, log=lambda *a: None)
+    assert len(calls) == 1
 
 
 def test_sklearn_fallback_warns_and_works(monkeypatch, tmp_path):
@@ -123,15 +125,8 @@ def test_sklearn_fallback_warns_and_works(monkeypatch, tmp_path):
     assert video.shape == (20, 64, 64) and video.dtype == np.uint8 and motion == 5
 
 
-@pytest.fixture(scope="module")
-def ds_fake(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mnist")
-    fake_mnist(folder, n=100)
-    return str(folder)
-
-
-def test_splits_are_disjoint_and_indexed(ds_fake):
-    train, test, full = (data.MotionMNIST(s, ds_fake) for s in ("train", "test", "all"))
+def test_splits_are_disjoint_and_indexed(mnist_dir):
+    train, test, full = (data.MotionMNIST(s, mnist_dir) for s in ("train", "test", "all"))
     assert (len(train), len(test), len(full)) == (90 * 8, 10 * 8, 100 * 8)
     assert test.first_digit == 90
     v, m, d = test[3]
@@ -140,13 +135,13 @@ def test_splits_are_disjoint_and_indexed(ds_fake):
 
 
 @pytest.mark.parametrize("variant", ["default", "hard"])
-def test_deterministic_in_any_order(ds_fake, variant):
-    ds = data.MotionMNIST("all", ds_fake, variant=variant, rotate=True)
+def test_deterministic_in_any_order(mnist_dir, variant):
+    ds = data.MotionMNIST("all", mnist_dir, variant=variant, rotate=True)
     a, _, _ = ds.render([3, 17, 200, 5])
     b, _, _ = ds.render([200, 5, 17, 3])
     assert np.array_equal(a[[0, 1, 2, 3]], b[[3, 2, 0, 1]])
     assert np.array_equal(ds[17][0], a[1])
-    other = data.MotionMNIST("all", ds_fake, variant=variant, rotate=True, seed=1)
+    other = data.MotionMNIST("all", mnist_dir, variant=variant, rotate=True, seed=1)
     assert not np.array_equal(other[17][0], a[1])
 
 
@@ -159,8 +154,8 @@ def com(videos):
 
 
 @pytest.mark.parametrize("size", [64, 32])
-def test_motions_match_the_spec_table(ds_fake, size):
-    ds = data.MotionMNIST("all", ds_fake, size=size)
+def test_motions_match_the_spec_table(mnist_dir, size):
+    ds = data.MotionMNIST("all", mnist_dir, size=size)
     items = np.arange(400)
     videos, motions, _ = ds.render(items)
     c = com(videos)                                              # (N, T, 2)
@@ -176,8 +171,8 @@ def test_motions_match_the_spec_table(ds_fake, size):
     assert c0[1, 0] > 0.65 and c0[1, 1] > 0.65                   # bottom right
 
 
-def test_hard_variant_stays_in_frame_with_random_speed(ds_fake):
-    ds = data.MotionMNIST("all", ds_fake, variant="hard", jitter=0.0)
+def test_hard_variant_stays_in_frame_with_random_speed(mnist_dir):
+    ds = data.MotionMNIST("all", mnist_dir, variant="hard", jitter=0.0)
     pos = data.trajectories(np.arange(800) % 8, np.arange(800), variant="hard", jitter=0.0)
     margin = 64 - 28
     assert pos.min() >= -1e-9 and pos.max() <= margin + 1e-9
@@ -187,21 +182,33 @@ def test_hard_variant_stays_in_frame_with_random_speed(ds_fake):
     assert videos.shape == (16, 20, 64, 64)
 
 
-def test_bad_options_are_clear_errors(ds_fake):
-    with pytest.raises(ValueError, match="split"):
-        data.MotionMNIST("val", ds_fake)
-    with pytest.raises(ValueError, match="variant"):
-        data.MotionMNIST("train", ds_fake, variant="harder")
+@pytest.mark.parametrize("kwargs,error,message", [
+    pytest.param(dict(split="val"), ValueError, "split", id="split"),
+    pytest.param(dict(variant="harder"), ValueError, "variant", id="variant"),
+    pytest.param(dict(frames=0), ValueError, "frames", id="frames"),
+    pytest.param(dict(mnist_dir="/no/such/folder"), FileNotFoundError, "does not exist", id="folder")])
+def test_bad_options_are_clear_errors(mnist_dir, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        data.MotionMNIST(**{"split": "test", "mnist_dir": mnist_dir, **kwargs})
+
+
+def test_index_out_of_range(mnist_dir):
     with pytest.raises(IndexError):
-        data.MotionMNIST("test", ds_fake)[10_000]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.MotionMNIST("test", "/no/such/folder")
+        data.MotionMNIST("test", mnist_dir)[10_000]
 
 
-def test_preview_and_export(ds_fake, tmp_path):
-    assert data.main(["--preview", str(tmp_path / "p.png"), "--mnist-dir", ds_fake]) == 0
+def test_preview_writes_a_png(mnist_dir, tmp_path):
+    assert data.main(["--preview", str(tmp_path / "p.png"), "--mnist-dir", mnist_dir]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data.main(["--export", str(tmp_path / "v.npz"), "--count", "12", "--mnist-dir", ds_fake]) == 0
+
+
+def test_export_round_trips(mnist_dir, tmp_path):
+    assert data.main(["--export", str(tmp_path / "v.npz"), "--count", "12", "--mnist-dir", mnist_dir]) == 0
     z = np.load(tmp_path / "v.npz")
     assert z["videos"].shape == (12, 20, 64, 64) and z["motions"].tolist() == [i % 8 for i in range(12)]
+    ds = data.MotionMNIST("test", mnist_dir)
+    assert np.array_equal(z["videos"], ds.render(np.arange(12))[0])
+
+
+def test_cli_error_on_missing_folder(tmp_path):
     assert data.main(["--preview", str(tmp_path / "q.png"), "--mnist-dir", "/no/such"]) == 1

@@ -3,6 +3,7 @@
     python -m pytest tests/test_eval.py -q
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,6 @@ import pytest
 import data
 import eval as ev
 import train
-from test_data import fake_mnist
 
 
 def test_clustering_metrics_known_answers():
@@ -48,7 +48,7 @@ def test_probe_and_crops():
     assert c.shape == (1, 8, 8) and c.sum() == 16               # the whole blob, centred
 
 
-def test_judges_are_accurate_on_real_videos(tmp_path):
+def test_motion_judge_is_accurate_on_real_videos(tmp_path, fake_mnist):
     fake_mnist(tmp_path, n=200)
     ds = data.MotionMNIST("all", str(tmp_path), size=32)
     v, m, _ = ds.render(np.arange(1600))
@@ -58,36 +58,69 @@ def test_judges_are_accurate_on_real_videos(tmp_path):
     assert (clf.predict(f[800:]) == m[800:]).mean() > 0.98
 
 
-def test_eval_on_tiny_checkpoint(tmp_path, capsys):
-    (tmp_path / "mnist").mkdir()
-    fake_mnist(tmp_path / "mnist", n=80)
-    mn = str(tmp_path / "mnist")
-    assert train.main(["--preset", "tiny", "--device", "cpu", "--out-dir", str(tmp_path / "run"),
-                       "--mnist-dir", mn, "--max-steps", "2"]) == 0
-    assert ev.main([str(tmp_path / "run" / "ckpt.pt"), "--mnist-dir", mn, "--device", "cpu"]) == 0
-    out = tmp_path / "run" / "eval"
-    m = json.loads((out / "metrics.json").read_text())
-    for k in ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "probe_motion_acc",
-              "probe_digit_acc", "recon_motion_err_px", "recon_digit_acc", "sample_consistency",
-              "sample_confidence", "judge_confidence", "swap_motion_acc", "swap_digit_acc"]:
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, mnist_dir):
+    """A tiny checkpoint trained for 2 steps and evaluated: (eval folder, printed output)."""
+    run = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--device", "cpu", "--out-dir", str(run),
+                       "--mnist-dir", mnist_dir, "--max-steps", "2"]) == 0
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert ev.main([str(run), "--mnist-dir", mnist_dir, "--device", "cpu"]) == 0   # the folder
+    return run / "eval", buf.getvalue()
+
+
+FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
+             "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc"]
+
+
+def test_eval_writes_every_metric(evaluated):
+    m = json.loads((evaluated[0] / "metrics.json").read_text())
+    for k in FRACTIONS + ["motion_ari", "recon_motion_err_px", "sample_confidence", "judge_confidence"]:
         assert k in m and m[k] is not None, k
-    for k in ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
-              "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc"]:
+
+
+def test_eval_metrics_are_in_range(evaluated):
+    m = json.loads((evaluated[0] / "metrics.json").read_text())
+    for k in FRACTIONS:
         assert 0 <= m[k] <= 1, k
     assert -1 <= m["motion_ari"] <= 1 and m["recon_motion_err_px"] >= 0
     for k in ["sample_confidence", "judge_confidence"]:   # a top probability of <= 10 classes
         assert 0.1 - 1e-9 <= m[k] <= 1, k
-    for name in ["fig4_pca.png", "fig4_tsne.png", "fig5_recon.png", "swap.png", "samples.png"]:
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "motion_nmi" in capsys.readouterr().out
 
 
-def test_bad_checkpoints(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["fig4_pca.png", "fig4_tsne.png", "fig5_recon.png", "swap.png", "samples.png"])
+def test_eval_writes_figures(evaluated, name):
+    assert (evaluated[0] / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_prints_how_to_read_each_number(evaluated):
+    out = evaluated[1]
+    assert re.search(r"motion_nmi +[\d.]+ +higher is better", out)
+    assert str(evaluated[0]) in out.splitlines()[-1]             # ends by naming the folder
+
+
+def test_missing_checkpoint(tmp_path, capsys):
     assert ev.main([str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     assert ev.main([str(tmp_path / "bad.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_checkpoint_from_before_the_redesign(tmp_path, capsys):
     import torch
-    torch.save({"model": {}, "config": {"frames": 3, "nonsense": 1}, "step": 0}, tmp_path / "old.pt")
+    torch.save({"model": {}, "config": {"frames": 3}, "step": 0}, tmp_path / "old.pt")
     assert ev.main([str(tmp_path / "old.pt")]) == 2
-    err = capsys.readouterr().err
-    assert "does not exist" in err and "corrupt" in err and "unknown Config fields" in err
+    assert "older mdbigan.py" in capsys.readouterr().err
+
+
+def test_unwritable_out_dir(evaluated, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert ev.main([str(evaluated[0].parent), "--out-dir", str(tmp_path / "file" / "sub")]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err

@@ -148,6 +148,7 @@ def test_auto_backend_on_cpu_is_reference():
     assert torch.equal(z, gru_feedback_ref(*p, 3))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
 @pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1024, 128, 128, 64), (5, 64, 16, 3), (4096, 64, 64, 20), (7, 100, 33, 5)])
 def test_cuda_compiled_kernel(B, H, E, steps):

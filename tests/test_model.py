@@ -2,6 +2,7 @@
 
     python -m pytest tests/test_model.py -q
 """
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -10,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from mdbigan import Config, MDBiGAN
-
-TINY = dict(frames=5, size=16, dim_z_c=8, dim_z_m=4, dim_eps=3, ch=4, ch_max=8, d_hidden=16)
+from conftest import TINY
+import mdbigan
+from mdbigan import Config, MDBiGAN, gru_feedback_torch
 
 
 def videos(cfg, B=3, seed=0):
@@ -59,7 +60,6 @@ def test_every_parameter_gets_a_gradient(content):
     names = {id(p): n for n, p in m.named_parameters()}
     for p in m.eg_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, names[id(p)]
-    assert (m.enc_c is None) == (not content)
 
 
 def test_structured_place_and_glimpse_are_inverse():
@@ -87,15 +87,17 @@ def test_crisp_rendering_copies_canvas_pixels(S):
     """Config.crisp: at any pose, each frame holds the canvas's own pixel values (no sub-pixel
     blur) on a black background (float rounding in grid_sample leaves ~1e-7 beside the ink),
     and gradients still reach the pose and the canvas."""
-    from mdbigan import INK, CanvasGenerator
+    from mdbigan import INK, CanvasGenerator, PoseMap
     torch.manual_seed(0)
     cfg = Config(size=S, frames=3, dim_z_c=8, ch=4, ch_max=8, structured=True)
-    gen = CanvasGenerator(cfg)
+    gen = CanvasGenerator(cfg, PoseMap(cfg))         # PoseMap starts as pose = z_M[:2]
     with torch.no_grad():                            # a canvas with ink, not all background
         gen.draw.net[-2].bias.fill_(0.0)
     z_c = torch.randn(2, cfg.dim_z_c)
-    pose = ((torch.rand(2, 3, 2) - 0.5) * 0.4).requires_grad_()    # off the pixel grid
-    frames = (gen(z_c, pose) + 1) / 2
+    z_m = torch.zeros(2, 3, cfg.dim_z_m)
+    z_m[..., :2] = (torch.rand(2, 3, 2) - 0.5) * 0.4   # off the pixel grid
+    z_m.requires_grad_()
+    frames = (gen(z_c, z_m) + 1) / 2
     canvas = gen.draw(z_c).detach()
     for b in range(2):
         ink = canvas[b][canvas[b] > INK].sort().values
@@ -103,7 +105,7 @@ def test_crisp_rendering_copies_canvas_pixels(S):
             torch.testing.assert_close(frames[b, t][frames[b, t] > 1e-4].sort().values, ink,
                                        atol=1e-5, rtol=0)
     (frames * torch.randn_like(frames)).sum().backward()
-    assert pose.grad.abs().sum() > 0
+    assert z_m.grad[..., :2].abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
 
 
@@ -130,8 +132,15 @@ def test_prior_fit_learns_code_paths():
     with torch.no_grad():
         z = m.sample(256)[1]
     assert z.abs().max() < 0.75, z.abs().max()
-    # and this fit is all that trains the sampler: the fake pairs' codes carry no gradient to it
-    assert not m._pairs(videos(cfg))[1][1].requires_grad
+
+
+def test_prior_learns_from_its_fit_alone():
+    """With prior_weight, no other E/G term sends a gradient into the sampler."""
+    torch.manual_seed(0)
+    m = MDBiGAN(Config(**TINY, structured=True, prior_weight=1.0, sampler_hidden=6))
+    m.prior_fit = lambda path: path.sum() * 0.0                 # the fit's own gradient removed
+    m.eg_loss(videos(m.cfg))[0].backward()
+    assert all(p.grad is None or not p.grad.any() for p in m.sampler.parameters())
 
 
 def test_canvas_offset_in_frame_pixels():
@@ -161,13 +170,21 @@ def test_structured_motion_code_is_a_two_number_bottleneck():
 
 
 def test_fake_frames_for_d_image_come_from_all_steps():
-    cfg = Config(**TINY, image_frames=2)
+    """D_I sees fake frames from every time step (the authors' code used only the first)."""
+    cfg = Config(**TINY, image_frames=2, content_encoder=False, recon_weight=0.0)
     m = MDBiGAN(cfg)
+    paths, codes, seen = [], [], set()
+    m.sampler.register_forward_hook(lambda mod, inp, out: paths.append(out))
+    m.disc_image.register_forward_hook(lambda mod, inp, out: codes.append(inp[1]))
     torch.manual_seed(0)
-    seen = set()
     for _ in range(20):
-        _, _, t_idx = m._pairs(videos(cfg))
-        seen |= set(t_idx.flatten().tolist())
+        paths.clear(), codes.clear()
+        with torch.no_grad():
+            m.d_loss(videos(cfg))
+        z_m, fake = paths[0], codes[1].view(3, 2, -1)          # D_I scores real, then fake
+        for b in range(3):
+            for code in fake[b]:                                # which step each fake code is
+                seen.add(int((z_m[b] - code).abs().sum(1).argmin()))
     assert seen == set(range(cfg.frames))
 
 
@@ -192,29 +209,72 @@ def test_sampler_same_through_both_kernel_backends():
     cfg = Config(**TINY)
     m = MDBiGAN(cfg)
     eps = torch.randn(6, cfg.dim_eps)
-    m.sampler.cfg.sampler_backend = "torch"
+    m.cfg.sampler_backend = "torch"
     a = m.sampler(eps, cfg.frames)
-    m.sampler.cfg.sampler_backend = "triton"
+    m.cfg.sampler_backend = "triton"
     b = m.sampler(eps, cfg.frames)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_inputs_and_configs():
+def test_videos_of_the_wrong_shape_are_a_clear_error():
     m = MDBiGAN(Config(**TINY))
     with pytest.raises(ValueError, match=r"videos must be \[B, 5, 1, 16, 16\]"):
         m.encode_motion(torch.rand(2, 5, 16, 16))
-    with pytest.raises(ValueError, match="power of two"):
-        Config(size=48).validate()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    pytest.param(dict(size=48), "power of two", id="size"),
+    pytest.param(dict(content_encoder=False), "content_encoder", id="recon-without-E_C"),
+    pytest.param(dict(content_encoder=False, recon_weight=0.0, structured=True), "content_encoder",
+                 id="structured-without-E_C"),
+    pytest.param(dict(sampler_hidden=-1), "sampler_hidden", id="sampler_hidden"),
+    pytest.param(dict(prior_weight=-1.0), "prior_weight", id="prior_weight"),
+    pytest.param(dict(lr=-1.0), "lr must be > 0", id="lr"),
+    pytest.param(dict(beta1=1.5), "beta1", id="beta1"),
+    pytest.param(dict(loss="wasserstein"), "loss", id="loss"),
+])
+def test_bad_config_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**kwargs).validate()
+
+
+def test_unknown_config_field_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown Config fields"):
         Config.from_dict({"frames": 3, "bogus": 1})
-    with pytest.raises(ValueError, match="content_encoder"):
-        Config(content_encoder=False).validate()
-    with pytest.raises(ValueError, match="content_encoder"):
-        Config(content_encoder=False, recon_weight=0.0, structured=True).validate()
-    with pytest.raises(ValueError, match="sampler_hidden"):
-        Config(sampler_hidden=-1).validate()
-    with pytest.raises(ValueError, match="prior_weight"):
-        Config(prior_weight=-1.0).validate()
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["conv", "where-what"])
+def test_from_checkpoint_round_trips(tmp_path, structured):
+    torch.manual_seed(0)
+    m = MDBiGAN(Config(**TINY, structured=structured))
+    torch.save({"version": mdbigan.CHECKPOINT_VERSION, "model": m.state_dict(),
+                "config": dataclasses.asdict(m.cfg), "step": 1, "args": {}}, tmp_path / "ckpt.pt")
+    for path in (tmp_path / "ckpt.pt", tmp_path):                # the file, or its folder
+        m2 = MDBiGAN.from_checkpoint(str(path))
+        assert not m2.training
+        x = videos(m.cfg)
+        torch.testing.assert_close(m2.encode_content(x), m.eval().encode_content(x), rtol=0, atol=0)
+
+
+def test_checkpoint_of_an_older_version_is_a_clear_error(tmp_path):
+    m = MDBiGAN(Config(**TINY))
+    torch.save({"model": m.state_dict(), "config": dataclasses.asdict(m.cfg), "step": 1},
+               tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="older mdbigan.py"):
+        MDBiGAN.from_checkpoint(str(tmp_path / "old.pt"))
+
+
+@pytest.mark.parametrize("B,H,E,steps", [(5, 7, 3, 4), (1, 16, 16, 1), (37, 20, 9, 6)],
+                         ids=["B5-H7-E3-T4", "B1-H16-E16-T1", "B37-H20-E9-T6"])
+def test_copied_alone_recurrence_equals_kernel_reference(B, H, E, steps):
+    """mdbigan.gru_feedback_torch (used when kernels/ is absent) is the kernel's reference."""
+    from kernels import gru_feedback_ref
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(B, E, generator=g), torch.randn(3 * H, E, generator=g) * 0.3,
+            torch.randn(3 * H, H, generator=g) * 0.3, torch.randn(3 * H, generator=g) * 0.1,
+            torch.randn(3 * H, generator=g) * 0.1, torch.randn(E, H, generator=g) * 0.3]
+    torch.testing.assert_close(gru_feedback_torch(*args, steps), gru_feedback_ref(*args, steps),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_works_copied_alone(tmp_path):
@@ -228,3 +288,18 @@ def test_works_copied_alone(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "(2, 3, 1, 16, 16)" in r.stdout
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(structured=True, prior_weight=1.0, sampler_hidden=6)],
+                         ids=["conv", "where-what-with-prior"])
+def test_losses_under_bf16_autocast(kw):
+    """Training on CUDA runs under bf16 autocast: every loss works there (the recurrence and the
+    canvas geometry stay in fp32); checked with the CPU's bf16 autocast."""
+    torch.manual_seed(0)
+    m = MDBiGAN(Config(**TINY, **kw))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d_loss, _ = m.d_loss(videos(m.cfg))
+        g_loss, logs = m.eg_loss(videos(m.cfg))
+    g_loss.backward()
+    assert torch.isfinite(d_loss) and torch.isfinite(g_loss)
+    assert all(p.grad is not None for p in m.eg_parameters())

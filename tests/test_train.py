@@ -1,4 +1,5 @@
-"""train.py: a tiny run writes a checkpoint and a log; resume is exact; errors are clear; DDP.
+"""train.py: a tiny run writes a checkpoint and a log; resume is exact and keeps the run's own
+settings; errors are clear; SIGINT and NaN are handled; DDP with two ranks; the GPU step.
 
     python -m pytest tests/test_train.py -q
 """
@@ -13,38 +14,35 @@ import pytest
 import torch
 
 import train
-from mdbigan import MDBiGAN
-from test_data import fake_mnist
+from mdbigan import Config, MDBiGAN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mnist")
-    fake_mnist(folder, n=60)
-    return str(folder)
+def run(out, mnist, *extra, preset=("--preset", "tiny")):
+    return train.main([*preset, "--device", "cpu", "--out-dir", str(out), "--mnist-dir", mnist,
+                       "--log-every", "1", *extra])
 
 
-def run(out, mnist, *extra):
-    return train.main(["--preset", "tiny", "--device", "cpu", "--out-dir", str(out),
-                       "--mnist-dir", mnist, "--log-every", "1", *extra])
-
-
-def test_tiny_run_writes_checkpoint_and_log(tmp_path, mnist):
-    assert run(tmp_path, mnist, "--max-steps", "3") == 0
+def test_tiny_run_writes_checkpoint_and_log(tmp_path, mnist_dir):
+    assert run(tmp_path, mnist_dir, "--max-steps", "3") == 0
     ck = train.load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert ck["step"] == 3 and ck["config"]["size"] == 16
     lines = (tmp_path / "log.txt").read_text().splitlines()
     assert len(lines) == 3 and re.match(r"step 3 \| d_i [\d.]+ \| d_v [\d.]+ \| g -?[\d.]+ .*videos/s", lines[-1])
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
-    assert (tmp_path / "losses.png").exists() and list(tmp_path.glob("samples_*.png"))
 
 
-def test_resume_gives_identical_weights(tmp_path, mnist):
-    assert run(tmp_path / "a", mnist, "--max-steps", "4") == 0
-    assert run(tmp_path / "b", mnist, "--max-steps", "2") == 0
-    assert run(tmp_path / "b", mnist, "--max-steps", "4", "--resume") == 0
+def test_tiny_run_writes_pictures(tmp_path, mnist_dir):
+    assert run(tmp_path, mnist_dir, "--max-steps", "2") == 0
+    for name in ("losses.png", "samples_000002.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_gives_identical_weights(tmp_path, mnist_dir):
+    assert run(tmp_path / "a", mnist_dir, "--max-steps", "4") == 0
+    assert run(tmp_path / "b", mnist_dir, "--max-steps", "2") == 0
+    assert run(tmp_path / "b", mnist_dir, "--max-steps", "4", "--resume") == 0
     a = train.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
     b = train.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
     assert b["step"] == 4
@@ -52,38 +50,98 @@ def test_resume_gives_identical_weights(tmp_path, mnist):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_bad_flags_and_folders(tmp_path, mnist, capsys):
+def test_resume_keeps_the_runs_own_settings(tmp_path, mnist_dir):
+    """A run with a non-default preset, variant, batch size, seed and --set, resumed with no
+    flags but --resume: it continues with its own settings, not the command line's defaults."""
+    settings = ("--variant", "hard", "--batch-size", "3", "--seed", "5", "--set", "latent_weight=0.5")
+    assert run(tmp_path / "a", mnist_dir, "--max-steps", "4", *settings) == 0
+    assert run(tmp_path / "b", mnist_dir, "--max-steps", "2", *settings) == 0
+    assert train.main(["--resume", "--out-dir", str(tmp_path / "b"), "--device", "cpu",
+                       "--max-steps", "4"]) == 0
+    a = train.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
+    b = train.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
+    assert b["args"] == a["args"] and b["args"]["preset"] == "tiny" and b["args"]["variant"] == "hard"
+    assert b["config"]["latent_weight"] == 0.5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("flag", [
+    pytest.param(("--variant", "default"), id="variant"),
+    pytest.param(("--batch-size", "4"), id="batch-size"),
+    pytest.param(("--preset", "paper"), id="preset"),
+    pytest.param(("--set", "loss=bce"), id="set"),
+    pytest.param(("--seed", "1"), id="seed"),
+])
+def test_resume_refuses_a_contradicting_flag(tmp_path, mnist_dir, capsys, flag):
+    assert run(tmp_path, mnist_dir, "--max-steps", "1", "--variant", "hard", "--batch-size", "3") == 0
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    assert train.main(["--resume", "--out-dir", str(tmp_path), "--device", "cpu", *flag]) == 2
+    assert "contradicts the checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "ckpt.pt").read_bytes() == before        # nothing lost
+
+
+def test_time_limit_counts_across_resumes(tmp_path, mnist_dir):
+    assert run(tmp_path, mnist_dir, "--max-steps", "2", "--time-limit", "0.0001") == 0
+    ck = train.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ck["step"] == 1 and ck["elapsed"] > 0.006             # stopped by the limit
+    assert train.main(["--resume", "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
+    assert train.load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 2   # one more step, no more
+
+
+def test_unknown_flag_exits_2(tmp_path, mnist_dir):
     with pytest.raises(SystemExit) as e:
-        run(tmp_path, mnist, "--bogus")
+        run(tmp_path, mnist_dir, "--bogus")
     assert e.value.code == 2
+
+
+def test_zero_steps_is_a_clear_error(tmp_path, mnist_dir, capsys):
     with pytest.raises(SystemExit) as e:
-        run(tmp_path, mnist, "--max-steps", "0")
+        run(tmp_path, mnist_dir, "--max-steps", "0")
     assert e.value.code == 2 and "--max-steps must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run(tmp_path, mnist, "--set", "loss=wasserstein")
+
+
+@pytest.mark.parametrize("setting,message", [
+    pytest.param("loss=wasserstein", "loss must be", id="bad-choice"),
+    pytest.param("crisp=ture", "crisp is true or false", id="bad-bool"),
+    pytest.param("lr=-1", "lr must be > 0", id="negative-lr"),
+    pytest.param("lr=fast", "lr must be float", id="not-a-number"),
+    pytest.param("nonsense=1", "expected FIELD=VALUE", id="unknown-field"),
+])
+def test_bad_set_is_a_clear_error(tmp_path, mnist_dir, capsys, setting, message):
+    assert run(tmp_path, mnist_dir, "--max-steps", "1", "--set", setting) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, mnist_dir, capsys):
     (tmp_path / "file").write_text("x")
-    assert run(tmp_path / "file" / "sub", mnist, "--max-steps", "1") == 2
+    assert run(tmp_path / "file" / "sub", mnist_dir, "--max-steps", "1") == 2
     assert "cannot write to output folder" in capsys.readouterr().err
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, mnist, capsys):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, mnist_dir, capsys):
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
-    assert run(tmp_path, mnist, "--resume") == 2
+    assert run(tmp_path, mnist_dir, "--resume") == 2
     assert "corrupt" in capsys.readouterr().err
-    assert run(tmp_path / "none", mnist, "--resume") == 2
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, mnist, monkeypatch, capsys):
-    assert run(tmp_path, mnist, "--max-steps", "2") == 0
+def test_missing_checkpoint_is_a_clear_error(tmp_path, mnist_dir, capsys):
+    assert run(tmp_path / "none", mnist_dir, "--resume") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir, monkeypatch, capsys):
+    assert run(tmp_path, mnist_dir, "--max-steps", "2") == 0
     good = (tmp_path / "ckpt.pt").read_bytes()
     orig = MDBiGAN.eg_loss
     monkeypatch.setattr(MDBiGAN, "eg_loss", lambda self, v: (orig(self, v)[0] * float("nan"), {}))
-    assert run(tmp_path, mnist, "--max-steps", "4", "--resume") == 3
+    assert run(tmp_path, mnist_dir, "--max-steps", "4", "--resume") == 3
     assert "NaN" in capsys.readouterr().err
     assert (tmp_path / "ckpt.pt").read_bytes() == good
 
 
-def test_sigint_saves_a_checkpoint(tmp_path, mnist, monkeypatch):
+def test_sigint_saves_a_checkpoint_and_the_loss_plot(tmp_path, mnist_dir, monkeypatch):
     orig, calls = MDBiGAN.d_loss, []
 
     def d_loss(self, v):
@@ -92,24 +150,50 @@ def test_sigint_saves_a_checkpoint(tmp_path, mnist, monkeypatch):
             signal.raise_signal(signal.SIGINT)
         return orig(self, v)
     monkeypatch.setattr(MDBiGAN, "d_loss", d_loss)
-    assert run(tmp_path, mnist, "--max-steps", "50") == 128 + signal.SIGINT
+    assert run(tmp_path, mnist_dir, "--max-steps", "50") == 128 + signal.SIGINT
     assert train.load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 2
+    assert (tmp_path / "losses.png").exists()
 
 
-def test_torchrun_two_gloo_ranks(tmp_path, mnist):
+def test_batches_come_from_each_ranks_own_shard():
+    for rank in range(3):
+        idx = train.batch_indices(0, rank, 3, step=7, n_items=100, batch=50)
+        assert (idx % 3 == rank).all() and idx.max() < 100
+    assert (train.batch_indices(0, 0, 1, 7, 100, 8) == train.batch_indices(0, 0, 1, 7, 100, 8)).all()
+
+
+def test_bench_times_the_training_step(capsys):
+    assert train.main(["--bench", "1", "--preset", "tiny", "--device", "cpu"]) == 0
+    assert re.search(r"tiny +16x16 T=4 batch +4: +[\d.]+ ms/step", capsys.readouterr().out)
+
+
+def test_torchrun_two_gloo_ranks(tmp_path, mnist_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train.py"), "--preset", "tiny", "--device", "cpu", "--max-steps", "3",
-           "--out-dir", str(tmp_path), "--mnist-dir", mnist]
+           "--out-dir", str(tmp_path), "--mnist-dir", mnist_dir]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = re.search(r"ddp check: weight digests \[(.*)\] \((\w+)\); first video of each rank \[(\d+), (\d+)\]", r.stdout)
-    assert m, r.stdout
-    assert m.group(2) == "identical"
-    a, b = int(m.group(3)), int(m.group(4))
-    assert a % 2 == 0 and b % 2 == 1                                 # each rank its own shard
+    assert "ranks 2" in r.stdout
     ck = train.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ck["step"] == 3
     torch.manual_seed(0)
-    init = MDBiGAN(train.Config.from_dict(ck["config"])).state_dict()
+    init = MDBiGAN(Config.from_dict(ck["config"])).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in ck["model"].items() if v.is_floating_point())
-    assert os.listdir(tmp_path).count("ckpt.pt") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_step_bf16(tmp_path, mnist_dir):
+    """The default GPU preset's model takes bf16 autocast steps on CUDA, finite, fused Adam."""
+    cfg = train.PRESETS["structured64"][1]
+    device = torch.device("cuda")
+    model, opt_d, opt_eg = train.build(cfg, device)
+    autocast, _ = train.speedups(device)
+    x = torch.rand(8, cfg.frames, 1, cfg.size, cfg.size, device=device)
+    before = [p.detach().clone() for p in model.eg_parameters()]
+    losses, terms = train.train_step(model, opt_d, opt_eg, x, autocast)
+    assert torch.isfinite(losses).all() and {"d_i", "d_v", "g", "rec"} <= set(terms)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.eg_parameters()))
+    assert train.main(["--preset", "tiny", "--device", "cuda", "--out-dir", str(tmp_path),
+                       "--mnist-dir", mnist_dir, "--max-steps", "2"]) == 0
