@@ -97,8 +97,8 @@ def main(argv=None):
     stage("versions", [py, "-c", code], 60, "versions.txt")
     with open(os.path.join(out, "versions.txt")) as f:
         print("".join(f.readlines()[-4:]).strip(), flush=True)           # after the command
-    stage("gpu tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 120, "tests_gpu.log")
-    stage("kernel bench", [py, "-m", "kernels.bench", "--quick"], 120, "kernel_bench.log")
+    stage("gpu tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 90, "tests_gpu.log")
+    stage("kernel bench", [py, "-m", "kernels.bench", "--quick"], 90, "kernel_bench.log")
     prof = os.path.join(out, "profile.txt")
     if os.path.exists(prof):
         os.remove(prof)
