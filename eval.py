@@ -32,6 +32,7 @@ import warnings
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -216,12 +217,14 @@ def main(argv=None):
     pix = PCA(50, random_state=args.seed).fit_transform(videos[sub].reshape(len(sub), -1) / 255.0)
     m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=args.seed)
     stage("k-means on z_M and on raw pixels")
-    m["probe_motion_acc"] = probe(flat, motions, groups)
-    m["probe_digit_acc"] = probe(flat, digits, groups)
-    m["pixel_probe_motion_acc"] = probe(pix, motions[sub], groups[sub])
+    probes = {"probe_motion_acc": (flat, motions, groups), "probe_digit_acc": (flat, digits, groups),
+              "pixel_probe_motion_acc": (pix, motions[sub], groups[sub])}
     if z_c is not None:
-        m["content_probe_digit_acc"] = probe(z_c, digits, groups)
-        m["content_probe_motion_acc"] = probe(z_c, motions, groups)
+        probes.update(content_probe_digit_acc=(z_c, digits, groups),
+                      content_probe_motion_acc=(z_c, motions, groups))
+    # one process each: the probes are independent single-threaded fits
+    accs = Parallel(n_jobs=min(len(probes), os.cpu_count() or 1))(delayed(probe)(*a) for a in probes.values())
+    m.update(zip(probes, accs))
     stage("linear probes")
 
     # judges, fitted on real training-split videos
@@ -316,7 +319,8 @@ def figures(out, z_m, motions, real01, idx, rec_rand, rec, z_c, model, samples, 
         S = rows[0].shape[-1]
         img = np.concatenate([np.concatenate(list(np.pad(r, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)), 1)
                               for r in rows], 0)
-        fig, ax = plt.subplots(figsize=(min(20, img.shape[1] / 40), img.shape[0] / 40 + 0.6))
+        w = min(20, img.shape[1] / 40)                        # inches, the image's own aspect
+        fig, ax = plt.subplots(figsize=(w, w * img.shape[0] / img.shape[1] + 0.5))
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_title(title, fontsize=9)
         fig.tight_layout()

@@ -9,13 +9,14 @@ Stages, each a subprocess with its own time limit, its output written to OUT_DIR
                        the paper preset; profile.txt: torch.profiler's top ops by GPU time
   5. run/              train.py, the default GPU preset for --minutes (log, losses, samples, ckpt)
   6. run/eval/         eval.py on that checkpoint, on the GPU: metrics.json and figures
-  7. paper/            with --paper-minutes M: the paper preset, trained at the same time as 5 on
-                       the same GPU, and evaluated
+  7. paper/            with --paper-minutes M: the paper preset trained after 5 (while 6 runs) and
+                       evaluated; this adds M minutes and an evaluation: raise --budget to match
 Works offline with torch, triton, numpy, scikit-learn and matplotlib. Without CUDA it stops at once,
 unless --dry-run, which runs every stage at tiny size on the CPU (to test this script).
 
 Usage:
-    python gpu_check.py OUT_DIR --mnist-dir DIR --minutes 3 [--paper-minutes 2]
+    python gpu_check.py OUT_DIR --mnist-dir DIR               # ~8 minutes
+    python gpu_check.py OUT_DIR --mnist-dir DIR --minutes 5 --paper-minutes 5 --budget 17
     python gpu_check.py OUT_DIR --dry-run
 """
 import argparse
@@ -32,8 +33,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Check the project on one CUDA GPU.", allow_abbrev=False)
     p.add_argument("out_dir", help="folder for every log, metric, figure and checkpoint")
     p.add_argument("--mnist-dir", help="folder with the MNIST test-set IDX files (no download)")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time of the default "
-                   "GPU preset (at most 5; default 3)")
+    p.add_argument("--minutes", type=float, default=2.5, help="training time of the default "
+                   "GPU preset (at most 5; default 2.5, so that the whole check fits 8 minutes)")
     p.add_argument("--paper-minutes", type=float, default=0.0, help="also train and evaluate the "
                    "paper preset this long (default 0: skip)")
     p.add_argument("--budget", type=float, default=8.0, help="minutes for everything; stages "
@@ -97,7 +98,7 @@ def main(argv=None):
     stage("versions", [py, "-c", code], 60, "versions.txt")
     with open(os.path.join(out, "versions.txt")) as f:
         print("".join(f.readlines()[-4:]).strip(), flush=True)           # after the command
-    stage("gpu tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 90, "tests_gpu.log")
+    stage("gpu tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 150, "tests_gpu.log")
     stage("kernel bench", [py, "-m", "kernels.bench", "--quick"], 90, "kernel_bench.log")
     prof = os.path.join(out, "profile.txt")
     if os.path.exists(prof):
@@ -114,17 +115,21 @@ def main(argv=None):
         train = [py, "train.py", "--preset", preset, "--out-dir", run_dir, "--time-limit", str(minutes),
                  "--sample-every", "250", *steps, *dev, *data]
         stage(f"train {folder}", train, minutes * 60 + 90, f"train_{folder}.log", need=minutes * 60)
+        os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)      # (the next training may start)
         if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
             videos = ["--max-videos", "64"] if args.dry_run else []
             stage(f"eval {folder}", [py, "eval.py", run_dir, *dev, *data, *videos], 240,
                   f"eval_{folder}.log", need=60)
 
-    # the paper preset trains beside the default one, on the same GPU, for the same minutes: both
-    # are bound by the host's kernel launches, not by the GPU (their clean speeds: train_bench.log)
-    threads = [threading.Thread(target=train_and_eval, args=r) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
+    # one training at a time (they would share the GPU); an evaluation, mostly scikit-learn on the
+    # CPU, runs beside the next training
+    evals = []
+    for folder, preset, minutes in runs:
+        evals.append(threading.Thread(target=train_and_eval, args=(folder, preset, minutes)))
+        evals[-1].start()
+        while evals[-1].is_alive() and not os.path.exists(os.path.join(out, folder, "eval")):
+            time.sleep(1)                                       # until its training has ended
+    for t in evals:
         t.join()
     print(f"done in {(time.monotonic() - t_start) / 60:.1f} min: {out}/summary.txt", flush=True)
     return 0

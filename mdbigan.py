@@ -281,28 +281,28 @@ GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 di
 INK = 0.25       # crisp: canvas pixels below this are background (lower left a halo the edge cut)
 
 
-def _affine(pose, scale, inverse):
-    """pose (N, 2) in [-1, 1] frame coordinates -> (N, 2, 3) affine_grid matrices."""
-    eye = torch.eye(2, device=pose.device, dtype=pose.dtype).expand(pose.shape[0], 2, 2)
-    if inverse:    # frame -> canvas coordinates: place a canvas at pose
-        return torch.cat([eye / scale, -pose[:, :, None] / scale], 2)
-    return torch.cat([eye * scale, pose[:, :, None]], 2)    # canvas -> frame: take a glimpse
+def grid(pose, size, inverse):
+    """(N, size, size, 2) grid_sample coordinates (align_corners=False) of a translation by pose
+    (N, 2) and a scaling by GLIMPSE: F.affine_grid's result, without its batched matrix product
+    (which took 13% of a GPU step). inverse: frame -> canvas coordinates, to place a canvas."""
+    c = (torch.arange(size, device=pose.device, dtype=pose.dtype) * 2 + 1) / size - 1   # centres
+    xy = torch.stack(torch.broadcast_tensors(c[None, :], c[:, None]), -1)   # (size, size, 2): x, y
+    if inverse:
+        return (xy - pose[:, None, None]) / GLIMPSE
+    return xy * GLIMPSE + pose[:, None, None]
 
 
 def place(canvas, pose, size):
     """canvas (N, 1, c, c) in [0, 1], pose (N, 2) -> frames (N, 1, size, size) in [0, 1]."""
     with torch.autocast(pose.device.type, enabled=False):   # bf16 grids would blur whole pixels
-        grid = F.affine_grid(_affine(pose.float(), GLIMPSE, True), (pose.shape[0], 1, size, size),
-                             align_corners=False)
-        return F.grid_sample(canvas.float(), grid, align_corners=False)   # black outside the canvas
+        return F.grid_sample(canvas.float(), grid(pose.float(), size, True), align_corners=False)
 
 
 def glimpse(frames, pose, size):
     """frames (N, 1, S, S) in [-1, 1], pose (N, 2) -> (N, 1, size, size) around pose, in [-1, 1]."""
     with torch.autocast(pose.device.type, enabled=False):
-        grid = F.affine_grid(_affine(pose.float(), GLIMPSE, False), (pose.shape[0], 1, size, size),
-                             align_corners=False)
-        return F.grid_sample((frames.float() + 1) / 2, grid, align_corners=False) * 2 - 1
+        x = (frames.float() + 1) / 2                            # zeros outside the frame: black
+        return F.grid_sample(x, grid(pose.float(), size, False), align_corners=False) * 2 - 1
 
 
 def snap(pose, size):

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -150,8 +151,11 @@ def build(cfg, device, channels_last=False, seed=0):
     """The model and its two Adam optimisers (fused on CUDA: one kernel for all parameters)."""
     torch.manual_seed(seed)                                      # the same init on every rank
     model = MDBiGAN(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    for m in model.modules() if channels_last else []:   # cuDNN's bf16 kernels are NHWC: without
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):   # this, every conv converts
+            m.to(memory_format=torch.channels_last)
+        elif isinstance(m, torch.nn.Conv3d):
+            m.to(memory_format=torch.channels_last_3d)
     fused = {"fused": True} if device.type == "cuda" else {}
     betas = (cfg.beta1, cfg.beta2)
     d_img, d_vid = model.d_parameters()
@@ -330,16 +334,19 @@ def run(args):
 
     stop = {"sig": None}
     old = {s: signal.signal(s, lambda signum, _: stop.update(sig=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    pool = ThreadPoolExecutor(1)                                 # renders the next batch meanwhile
-    nxt = pool.submit(get_batch, step)
+    # batches are rendered ahead by threads (NumPy releases the GIL): at 256 videos of 64x64 one
+    # thread could not keep up with a GPU; on the CPU one thread beside the step is enough
+    ahead = 3 if device.type == "cuda" else 1
+    pool = ThreadPoolExecutor(ahead)
+    queue = deque(pool.submit(get_batch, s) for s in range(step, step + ahead))
     log_path, jsonl_path = os.path.join(out, "log.txt"), os.path.join(out, "log.jsonl")
     bad = torch.zeros((), dtype=torch.bool, device=device)
     sums, n_sum, t_log, wait, code = {}, 0, time.perf_counter(), 0.0, 0
     limit = args.time_limit * 60 if args.time_limit > 0 else float("inf")
     while step < args.max_steps:
         t0 = time.perf_counter()
-        videos = to_videos(nxt.result(), device)
-        nxt = pool.submit(get_batch, step + 1)
+        videos = to_videos(queue.popleft().result(), device)
+        queue.append(pool.submit(get_batch, step + ahead))
         wait += time.perf_counter() - t0
         losses, terms = train_step(net, opt_d, opt_eg, videos, autocast)
         step += 1

@@ -303,3 +303,14 @@ def test_losses_under_bf16_autocast(kw):
     g_loss.backward()
     assert torch.isfinite(d_loss) and torch.isfinite(g_loss)
     assert all(p.grad is not None for p in m.eg_parameters())
+
+
+@pytest.mark.parametrize("inverse", [True, False], ids=["place", "glimpse"])
+def test_grid_equals_affine_grid(inverse):
+    """mdbigan.grid is F.affine_grid of [[s, 0, t_x], [0, s, t_y]] without the batched matmul."""
+    from mdbigan import GLIMPSE, grid
+    pose = torch.rand(5, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    s, t = (1 / GLIMPSE, -pose / GLIMPSE) if inverse else (GLIMPSE, pose)
+    theta = torch.cat([torch.eye(2).expand(5, 2, 2) * s, t[:, :, None]], 2)
+    want = torch.nn.functional.affine_grid(theta, (5, 1, 24, 24), align_corners=False)
+    torch.testing.assert_close(grid(pose, 24, inverse), want, rtol=0, atol=1e-6)

@@ -197,3 +197,16 @@ def test_cuda_training_step_bf16(tmp_path, mnist_dir):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.eg_parameters()))
     assert train.main(["--preset", "tiny", "--device", "cuda", "--out-dir", str(tmp_path),
                        "--mnist-dir", mnist_dir, "--max-steps", "2"]) == 0
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["conv", "where-what"])
+def test_channels_last_gives_the_same_losses(structured):
+    cfg = Config(frames=4, size=16, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8, d_hidden=16,
+                 structured=structured, d_dropout=0.0)
+    x = torch.rand(3, 4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = []
+    for channels_last in (False, True):
+        model, _, _ = train.build(cfg, torch.device("cpu"), channels_last)
+        torch.manual_seed(1)
+        out.append(torch.stack([model.d_loss(x)[0], model.eg_loss(x)[0]]).detach())
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,36 @@
+"""gpu_check.py: without a GPU it stops at once with a message; --dry-run runs every stage at tiny
+size on the CPU and leaves every log and result in its folder.
+
+    python -m pytest tests/test_gpu_check.py -q
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_without_cuda_it_stops_with_a_message(tmp_path):
+    r = subprocess.run([sys.executable, "gpu_check.py", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA GPU" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_runs_every_stage(tmp_path, mnist_dir):
+    r = subprocess.run([sys.executable, "gpu_check.py", str(tmp_path), "--dry-run", "--mnist-dir",
+                        mnist_dir], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    stages = [line.split("  ")[0].strip() for line in lines]
+    assert stages == ["versions", "gpu tests", "kernel bench", "train bench", "train run", "eval run"]
+    assert all(" ok " in line for line in lines), lines
+    assert "step 4" in (tmp_path / "run" / "log.txt").read_text()
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["motion_nmi"] is not None
+    assert "ms/step" in (tmp_path / "train_bench.log").read_text()
+    assert (tmp_path / "profile.txt").stat().st_size > 0
