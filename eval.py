@@ -1,29 +1,28 @@
-"""Evaluates an MDBiGAN checkpoint on the held-out MotionMNIST digits (SPEC.md section 6).
+"""Evaluates an MDBiGAN checkpoint on the held-out MotionMNIST digits (docs/model.md, "How results
+are judged").
 
-Usage:
-    python eval.py runs/cpu/ckpt.pt                       # writes runs/cpu/eval/
+Usage (inside the README's .venv):
+    python eval.py runs/cpu                               # a run folder or its ckpt.pt; writes runs/cpu/eval/
     python eval.py CKPT --out-dir DIR --mnist-dir DIR --device cuda
     python eval.py CKPT --variant hard                    # the random-speed-and-start variant
 
 The model is rebuilt from the checkpoint alone. Writes to --out-dir (default: eval/ beside the
 checkpoint, or eval_hard/ for --variant hard):
-  metrics.json   every number below (fractions in [0, 1]; errors in pixels of the model's frames;
-                 a metric that does not apply, e.g. without a content encoder, is null)
-  fig4_pca.png, fig4_tsne.png   z_M of held-out videos, coloured by motion (the paper's Fig. 4;
-                 t-SNE on a subsample of 2,000 videos)
-  fig5_recon.png  originals above G(random z_C, E(x)) and G(E_C(x), E(x)) (the paper's Fig. 5)
-  swap.png       motion transfer: content from each row's video, motion from each column's
-  samples.png    videos sampled from the priors
-Metrics: k-means (k = 8) NMI / ARI / cluster accuracy on z_M and on raw pixels (PCA 50, 2,000
-videos: the baseline to beat); linear probes on z_M (motion: high is good; digit: content leaking
-into the motion code, chance 0.1) and on z_C; centre-of-mass motion error of reconstructions;
-digit recognisability by a classifier fitted on real training-split digits (28x28 crops at
-64x64, scaled with the frame), and its mean top probability on sampled and on real frames
-(sample_confidence, judge_confidence: how legible, where consistency says only how steady);
-swap accuracy by that classifier and a motion judge fitted on
-real centre-of-mass trajectories. The judges' own accuracy on real held-out videos is reported.
+  metrics.json    every number below (fractions in [0, 1], entropies in bits, distances and errors
+                  in pixels of the model's frames; a metric that does not apply is null)
+  fig4_pca.png, fig4_tsne.png   z_M of held-out videos by motion (the paper's Fig. 4)
+  fig5_recon.png  originals, G(random z_C, E(x)) and G(E_C(x), E(x)) (the paper's Fig. 5)
+  swap.png, samples.png          motion transfer, and videos sampled from the priors
+  samples.gif, recon.gif, swap.gif   the same, moving
+Judges, fitted on real training-split videos: the digit judge is a small CNN over the whole frame
+with a global max-pool, trained with sub-pixel shifts (translation-tolerant), cached on disk
+(~/.cache/mdbigan/judges, keyed by the digits, frame size, variant and JUDGE_VERSION); the motion
+judge a logistic regression on centre-of-mass paths. Their accuracy on real held-out videos is
+reported as their ceiling. Generation metrics follow C-DSVAE / S3VAE (judge accuracy, IS, H(y|x),
+H(y)), with a Frechet distance in the digit judge's feature space.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -32,42 +31,56 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import data
 from mdbigan import MDBiGAN, load_checkpoint
 
-KEYS = ["motion_nmi", "motion_ari", "motion_acc", "pixel_nmi", "pixel_ari", "pixel_acc",
-        "probe_motion_acc", "probe_digit_acc", "pixel_probe_motion_acc", "content_probe_digit_acc",
-        "content_probe_motion_acc", "recon_motion_err_px", "recon_motion_err_px_random_c",
-        "recon_digit_acc", "sample_consistency", "sample_confidence", "swap_motion_acc",
-        "swap_digit_acc", "judge_digit_acc", "judge_confidence", "judge_motion_acc"]
-
-# how to read each number in the printed table: which way is good, and its target or baseline
+# metric -> how to read it: which way is good, and its target or baseline (printed beside it)
 GUIDE = {
-    "motion_nmi": "higher is better; target >= 0.95; raw pixels: pixel_nmi",
-    "pixel_nmi": "the baseline: k-means on raw pixels",
-    "probe_motion_acc": "higher is better; target >= 0.98",
-    "probe_digit_acc": "lower is better (digit leaking into z_M); chance 0.10",
+    "motion_nmi": "higher is better; >= 0.95; raw pixels: pixel_nmi",
+    "motion_ari": "", "motion_acc": "",
+    "pixel_nmi": "the baseline: k-means on raw pixels", "pixel_ari": "", "pixel_acc": "",
+    "probe_motion_acc": "higher is better; >= 0.98",
+    "probe_digit_acc": "lower is better (digit leaking into z_M); chance 0.10; <= 0.15",
+    "pixel_probe_motion_acc": "the baseline: a probe on raw pixels",
     "content_probe_digit_acc": "higher is better (z_C holds the digit)",
-    "content_probe_motion_acc": "lower is better (motion leaking into z_C); chance 0.125",
-    "recon_motion_err_px": "lower is better (pixels of the model's frames)",
-    "recon_motion_err_px_random_c": "lower is better; the paper's Fig. 5 setting",
-    "recon_digit_acc": "higher is better; the judge on real frames: judge_digit_acc",
-    "sample_consistency": "higher is better: one digit over all frames of a sampled video",
-    "sample_confidence": "higher is better; real frames: judge_confidence",
-    "swap_motion_acc": "higher is better; target >= 0.95",
-    "swap_digit_acc": "higher is better",
+    "content_probe_motion_acc": "lower is better (motion in z_C); chance 0.125",
+    "recon_motion_err_px": "lower is better: G(E_C(x), E(x))",
+    "recon_motion_err_px_random_c": "lower is better: G(random z_C, E(x))",
+    "recon_digit_acc": "higher is better; >= 0.85; ceiling judge_digit_acc",
+    "swap_digit_acc": "higher is better: G(E_C(A), E(B)) reads as A's digit",
+    "swap_motion_acc": "higher is better: ... moves as B; >= 0.95",
+    "sample_consistency": "higher is better: one digit over a sampled video's frames; >= 0.90",
+    "sample_confidence": "higher is better; real frames: judge_confidence; >= 0.90",
+    "sample_is": "higher is better; at most 10",
+    "sample_h_y_given_x": "lower is better (bits): each sample is one clear digit",
+    "sample_h_y": "higher is better (bits): every digit appears; at most 3.32",
+    "sample_fd": "lower is better; the floor: real_fd",
+    "real_fd": "two halves of real held-out frames",
+    "random_c_consistency": "higher is better: G(random z_C, E(x)); >= 0.90",
+    "random_c_confidence": "higher is better; >= 0.90",
+    "random_c_motion_acc": "higher is better: G(random z_C, E(x)) moves as x",
+    "fix_content_digit_acc": "higher is better: G(E_C(x), sampled z_M) reads as x's digit",
+    "fix_motion_motion_acc": "higher is better: G(sampled z_C, E(x)) moves as x",
+    "sample_speed_px": "px/frame of sampled videos; within 15% of real_speed_px",
+    "real_speed_px": "px/frame of real held-out videos",
+    "sample_paths_in_range": "higher is better: sampled paths inside the real positions; >= 0.95",
     "judge_digit_acc": "the digit judge on real held-out frames (its ceiling)",
+    "judge_confidence": "the digit judge's mean top probability on real frames",
     "judge_motion_acc": "the motion judge on real held-out videos",
 }
+KEYS = list(GUIDE)
+JUDGE_VERSION = 1     # bump when DigitJudge or its training changes: cached judges are then refitted
+JUDGE_SIZE = 32       # frames are pooled (or upsampled) to 32x32 for the judge: one net for any size
 
 
 # ----------------------------------------------------------------------------- metric functions
@@ -114,16 +127,6 @@ def motion_error(real, fake):
     return float(np.linalg.norm(centre_of_mass(real) - centre_of_mass(fake), axis=-1).mean())
 
 
-def crops(frames, size):
-    """size x size crops of frames [N, S, S] around each frame's centre of mass (zero-padded)."""
-    S = frames.shape[-1]
-    c = np.rint(centre_of_mass(frames)).astype(int)              # (N, 2) as (x, y)
-    pad = np.pad(frames, ((0, 0), (size, size), (size, size)))
-    y0, x0 = c[:, 1] + size - size // 2, c[:, 0] + size - size // 2
-    win = np.lib.stride_tricks.sliding_window_view(pad, (size, size), axis=(1, 2))
-    return win[np.arange(len(frames)), np.clip(y0, 0, S + size), np.clip(x0, 0, S + size)]
-
-
 def trajectory_features(videos):
     """Motion judge features: centre-of-mass path [N, T, 2], absolute and relative to its start."""
     com = centre_of_mass(videos) / videos.shape[-1]
@@ -131,11 +134,141 @@ def trajectory_features(videos):
                            (com - com[:, :1]).reshape(len(videos), -1)], 1)
 
 
+def speed_px(videos):
+    """Mean centre-of-mass speed in px/frame of videos [N, T, S, S]."""
+    return float(np.linalg.norm(np.diff(centre_of_mass(videos), axis=1), axis=-1).mean())
+
+
+def paths_in_range(videos, real):
+    """Fraction of videos whose centre of mass stays, at every frame, inside the box of the
+    centres of mass of the real videos."""
+    com, ref = centre_of_mass(videos), centre_of_mass(real).reshape(-1, 2)
+    inside = (com >= ref.min(0)) & (com <= ref.max(0))          # (N, T, 2)
+    return float(inside.all((1, 2)).mean())
+
+
+def label_stats(probs):
+    """probs [N, T, 10] of the digit judge per frame -> (consistency: one label over all T frames,
+    confidence: mean top probability, IS, H(y|x) and H(y) in bits over videos, whose p(y|x) is
+    the mean over their frames)."""
+    labels = probs.argmax(-1)
+    p = probs.mean(1)                                            # (N, 10) per video
+    marginal = p.mean(0)
+    ent = lambda q: -(q * np.log2(np.clip(q, 1e-12, 1))).sum(-1)
+    kl = (p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(marginal, 1e-12, 1)))).sum(1)
+    return (float((labels == labels[:, :1]).all(1).mean()), float(probs.max(-1).mean()),
+            float(np.exp(kl.mean())), float(ent(p).mean()), float(ent(marginal)))
+
+
+def frechet_distance(a, b):
+    """Frechet distance between Gaussians fitted to feature sets a [N, D] and b [M, D]."""
+    from scipy import linalg
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():   # a singular product (dead features) is fine to the precision used
+        warnings.simplefilter("ignore")
+        root = linalg.sqrtm(ca @ cb)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root.real))
+
+
+# ----------------------------------------------------------------------------- the digit judge
+
+class DigitJudge(nn.Module):
+    """Whole frame -> digit logits: convs, then a global max-pool, so that where the digit is does
+    not matter; the pooled 128 numbers are the features of the Frechet distance."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 1
+        for c, stride in ((16, 1), (32, 2), (64, 2), (128, 1)):   # receptive field 17 px: a digit
+            layers += [nn.Conv2d(c_in, c, 3, stride, 1), nn.BatchNorm2d(c), nn.ReLU()]
+            c_in = c
+        self.net, self.fc = nn.Sequential(*layers), nn.Linear(128, 10)
+
+    def features(self, x):                                       # x: (N, 1, S, S) in [0, 1]
+        x = F.adaptive_avg_pool2d(x, JUDGE_SIZE) if x.shape[-1] >= JUDGE_SIZE else \
+            F.interpolate(x, JUDGE_SIZE, mode="bilinear", align_corners=False)
+        return self.net(x).amax((2, 3))                          # (N, 128)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def shifted(x, gen, max_px=1.5):
+    """x (N, 1, S, S) moved by a random (sub-)pixel amount in [-max_px, max_px] per axis, bilinearly."""
+    N, S = x.shape[0], x.shape[-1]
+    shift = (torch.rand(N, 1, 1, 2, generator=gen) * 2 - 1) * max_px * 2 / S
+    c = (torch.arange(S, dtype=x.dtype) * 2 + 1) / S - 1
+    base = torch.stack(torch.broadcast_tensors(c[None, :], c[:, None]), -1)     # (S, S, 2)
+    return F.grid_sample(x, base - shift, align_corners=False)
+
+
+def fit_judge(train_set, frames, seed=0, epochs=5, log=print):
+    """Trains the digit judge on `frames` frames of real training-split videos (two per video)."""
+    rng, T, S = np.random.default_rng(seed), train_set.frames, train_set.size
+    items = rng.choice(len(train_set), frames // 2, replace=frames // 2 > len(train_set))
+    xs, ys = [], []
+    for chunk in np.array_split(items, max(1, len(items) // 1000)):  # (memory: 1,000 videos at a time)
+        v, _, d = train_set.render(chunk)
+        t = rng.integers(0, T, (len(chunk), 2))
+        xs.append(v[np.arange(len(chunk))[:, None], t].reshape(-1, S, S))
+        ys.append(np.repeat(d, 2))
+    x = torch.from_numpy(np.concatenate(xs)).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(np.concatenate(ys)).long()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    judge = DigitJudge()
+    opt = torch.optim.Adam(judge.parameters(), 3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // 256))
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 256):
+            b = perm[i:i + 256]
+            loss = F.cross_entropy(judge(shifted(x[b], gen)), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"digit judge: epoch {epoch + 1}/{epochs}, last batch loss {loss.item():.3f}")
+    return judge.eval()
+
+
+def load_or_fit_judge(train_set, frames, cache, log=print):
+    """The cached judge for these digits, frame size and variant; fitted and saved if absent."""
+    h = hashlib.sha1(train_set.images.tobytes() + train_set.labels.tobytes())
+    h.update(f"{train_set.size} {train_set.variant} {frames} v{JUDGE_VERSION}".encode())
+    path = os.path.join(cache, f"judge_{h.hexdigest()[:16]}.pt")
+    judge = DigitJudge()
+    if os.path.isfile(path):
+        try:
+            judge.load_state_dict(torch.load(path, weights_only=True))
+            return judge.eval(), path
+        except (RuntimeError, OSError, ValueError):
+            log(f"digit judge: {path} unreadable, fitting it again")
+    judge = fit_judge(train_set, frames, log=log)
+    try:
+        os.makedirs(cache, exist_ok=True)
+        torch.save(judge.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        log(f"digit judge: not cached ({e.strerror}); it will be fitted again next time")
+    return judge, path
+
+
+@torch.no_grad()
+def judge_videos(judge, videos):
+    """videos [N, T, S, S] in [0, 1] -> (probabilities [N, T, 10], features [N * T, 128])."""
+    N, T, S = videos.shape[:3]
+    flat = torch.as_tensor(videos, dtype=torch.float32).reshape(-1, 1, S, S)
+    feats = torch.cat([judge.features(flat[i:i + 4096]) for i in range(0, len(flat), 4096)])
+    return judge.fc(feats).softmax(-1).view(N, T, 10).numpy(), feats.numpy()
+
+
 # ----------------------------------------------------------------------------- the run
 
 @torch.no_grad()
 def batched(fn, *arrays, batch=256, device="cpu"):
-    """Runs fn on uint8 video batches [b, T, S, S] -> numpy, concatenated."""
+    """Runs fn on batches of arrays (moved to device) -> numpy, concatenated."""
     outs = []
     for i in range(0, len(arrays[0]), batch):
         args = [torch.as_tensor(a[i:i + batch]).to(device) for a in arrays]
@@ -158,11 +291,16 @@ def main(argv=None):
                    help="MotionMNIST variant (default: the one the checkpoint trained on)")
     p.add_argument("--max-videos", type=int, default=0, help="use only this many held-out videos "
                    "(0 = all 8,000)")
+    p.add_argument("--judge-frames", type=int, default=30000, help="real frames the digit judge "
+                   "is fitted on, once (default 30,000)")
+    p.add_argument("--judge-dir", default=os.path.join(os.path.dirname(data.cache_dir()), "judges"),
+                   help="where fitted digit judges are cached (default ~/.cache/mdbigan/judges)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes and k-means")
     args = p.parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # no source line
-    if args.max_videos < 0:
-        p.error(f"--max-videos must be >= 0, got {args.max_videos}")
+    for k in ("max_videos", "judge_frames"):
+        if getattr(args, k) < (0 if k == "max_videos" else 100):
+            p.error(f"--{k.replace('_', '-')} is too small: {getattr(args, k)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
     t0 = time.perf_counter()
@@ -190,7 +328,8 @@ def main(argv=None):
         return 2
     try:
         test = data.MotionMNIST("test", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
-        train_set = data.MotionMNIST("train", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
+        train_set = data.MotionMNIST("train", args.mnist_dir, cfg.frames, cfg.size, variant=variant,
+                                     log=lambda *a: None)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -202,21 +341,84 @@ def main(argv=None):
     n = len(test) if args.max_videos <= 0 else min(args.max_videos, len(test))
     items = np.arange(len(test)) if n == len(test) else np.sort(rng.choice(len(test), n, replace=False))
     videos, motions, digits = test.render(items)                 # (N, T, S, S) uint8
-    groups = items // 8                                          # digit index: probe split
+    real01 = videos / 255.0
     dev = args.device
     z_m = batched(lambda v: model.encode_motion(to_model(v)), videos, device=dev)  # (N, T, dz_m)
     z_c = batched(lambda v: model.encode_content(to_model(v)), videos, device=dev) \
         if cfg.content_encoder else None
     stage(f"encoded {n} held-out videos")
     m = dict.fromkeys(KEYS)
+    m.update(code_metrics(z_m, z_c, videos, motions, digits, items // 8, rng, args.seed))
+    stage("k-means and linear probes on z_M, z_C and raw pixels")
 
-    # motion clustering on z_M against raw pixels
-    flat = z_m.reshape(n, -1)
-    m["motion_nmi"], m["motion_ari"], m["motion_acc"] = cluster_scores(flat, motions, seed=args.seed)
+    judge, path = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, log=stage)
+    tv, tm, _ = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
+    motion_judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    motion_judge.fit(trajectory_features(tv / 255.0), tm)
+    k = min(n, 2000)                                             # videos per generated set
+    idx = rng.choice(n, k, replace=False)
+    probs, feats = judge_videos(judge, real01[idx])
+    m["judge_digit_acc"] = float((probs.argmax(-1) == digits[idx, None]).mean())
+    m["judge_confidence"] = float(probs.max(-1).mean())
+    m["judge_motion_acc"] = float((motion_judge.predict(trajectory_features(real01)) == motions).mean())
+    rest = np.setdiff1d(np.arange(n), idx)[:k] if n >= 2 * k else idx[k // 2:]
+    m["real_fd"] = frechet_distance(feats if n >= 2 * k else feats[:len(feats) // 2],
+                                    judge_videos(judge, real01[rest])[1])
+    m["real_speed_px"] = speed_px(real01)
+    stage(f"judges ({path}): digit {m['judge_digit_acc']:.3f} (confidence "
+          f"{m['judge_confidence']:.3f}) and motion {m['judge_motion_acc']:.3f} on real held-out videos")
+
+    gen = lambda zc, zm: model.generate(zc.float(), zm.float())[:, :, 0]   # (B, T, S, S)
+    zc_rand = torch.randn(k, cfg.dim_z_c, generator=torch.Generator().manual_seed(args.seed)).numpy()
+    with torch.no_grad():
+        zs_c, zs_m = (t.cpu().numpy() for t in model.sample(k, dev))
+    sets = {"rec_rand": (zc_rand, z_m[idx]), "samples": (zs_c, zs_m)}
+    if z_c is not None:
+        perm = rng.permutation(k)                                # swap: A = idx, B = idx[perm]
+        sets.update(rec=(z_c[idx], z_m[idx]), swap=(z_c[idx], z_m[idx[perm]]), fix_c=(z_c[idx], zs_m))
+    made = {name: batched(gen, *codes, device=dev) for name, codes in sets.items()}
+    judged = {name: judge_videos(judge, v) for name, v in made.items()}
+    motion_of = lambda v: motion_judge.predict(trajectory_features(v))
+    label_of = lambda name: judged[name][0].argmax(-1)
+
+    m["recon_motion_err_px_random_c"] = motion_error(real01[idx], made["rec_rand"])
+    m["random_c_consistency"], m["random_c_confidence"] = label_stats(judged["rec_rand"][0])[:2]
+    m["random_c_motion_acc"] = m["fix_motion_motion_acc"] = float((motion_of(made["rec_rand"]) == motions[idx]).mean())
+    (m["sample_consistency"], m["sample_confidence"], m["sample_is"], m["sample_h_y_given_x"],
+     m["sample_h_y"]) = label_stats(judged["samples"][0])
+    m["sample_fd"] = frechet_distance(judged["samples"][1], feats)
+    m["sample_speed_px"] = speed_px(made["samples"])
+    m["sample_paths_in_range"] = paths_in_range(made["samples"], real01)
+    if z_c is not None:
+        m["recon_motion_err_px"] = motion_error(real01[idx], made["rec"])
+        m["recon_digit_acc"] = float((label_of("rec") == digits[idx, None]).mean())
+        m["swap_digit_acc"] = float((label_of("swap") == digits[idx, None]).mean())
+        m["swap_motion_acc"] = float((motion_of(made["swap"]) == motions[idx[perm]]).mean())
+        m["fix_content_digit_acc"] = float((label_of("fix_c") == digits[idx, None]).mean())
+    stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
+
+    figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev)
+    stage("figures and GIFs")
+    m = {key: (None if v is None else float(v)) for key, v in m.items()}
+    meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "variant": variant,
+            "videos": n, "generated_videos": k, "data": test.source, "frame_size": cfg.size,
+            "digit_judge": f"CNN v{JUDGE_VERSION}"}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({**m, "meta": meta}, f, indent=2)
+    print(f"\n{'metric':30s} {'value':>8s}  how to read it")
+    for key, v in m.items():
+        print(f"{key:30s} {'null' if v is None else f'{v:8.4f}'}  {GUIDE[key]}")
+    stage(f"wrote metrics.json, the figures and GIFs to {out}/")
+    return 0
+
+
+def code_metrics(z_m, z_c, videos, motions, digits, groups, rng, seed):
+    """Motion clustering and linear probes on the codes, beside the same on raw pixels."""
+    m, n, flat = {}, len(z_m), z_m.reshape(len(z_m), -1)
+    m["motion_nmi"], m["motion_ari"], m["motion_acc"] = cluster_scores(flat, motions, seed=seed)
     sub = rng.choice(n, min(n, 2000), replace=False)
-    pix = PCA(50, random_state=args.seed).fit_transform(videos[sub].reshape(len(sub), -1) / 255.0)
-    m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=args.seed)
-    stage("k-means on z_M and on raw pixels")
+    pix = PCA(50, random_state=seed).fit_transform(videos[sub].reshape(len(sub), -1) / 255.0)
+    m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
     probes = {"probe_motion_acc": (flat, motions, groups), "probe_digit_acc": (flat, digits, groups),
               "pixel_probe_motion_acc": (pix, motions[sub], groups[sub])}
     if z_c is not None:
@@ -224,79 +426,11 @@ def main(argv=None):
                       content_probe_motion_acc=(z_c, motions, groups))
     # one process each: the probes are independent single-threaded fits
     accs = Parallel(n_jobs=min(len(probes), os.cpu_count() or 1))(delayed(probe)(*a) for a in probes.values())
-    m.update(zip(probes, accs))
-    stage("linear probes")
-
-    # judges, fitted on real training-split videos
-    d = data.digit_size(cfg.size)
-    tv, tm, td = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
-    t_pick = rng.integers(0, cfg.frames, len(tv))
-    # raw [0, 1] pixels, no StandardScaler: scaled, the near-constant black corners of real crops
-    # made a faint grey background read as huge values (measured on one checkpoint's
-    # reconstructions: 13% digit accuracy with the scaler, 48% without; 93-94% on real frames both)
-    digit_clf = MLPClassifier((256,), max_iter=60, early_stopping=True, random_state=args.seed)
-    motion_clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        digit_clf.fit(crops(tv[np.arange(len(tv)), t_pick], d).reshape(len(tv), -1) / 255.0, td)
-        motion_clf.fit(trajectory_features(tv), tm)
-
-    def classify(vids, confidence=False):                        # (N, T, S, S) in [0, 1] -> (N, T)
-        c = crops(vids.reshape(-1, cfg.size, cfg.size), d).reshape(len(vids) * cfg.frames, -1)
-        prob = digit_clf.predict_proba(c)
-        labels = digit_clf.classes_[prob.argmax(1)].reshape(len(vids), cfg.frames)
-        return (labels, float(prob.max(1).mean())) if confidence else labels
-
-    real01 = videos / 255.0
-    labels, m["judge_confidence"] = classify(real01, confidence=True)
-    m["judge_digit_acc"] = float((labels == digits[:, None]).mean())
-    m["judge_motion_acc"] = float((motion_clf.predict(trajectory_features(real01)) == motions).mean())
-    stage(f"judges fitted on {len(tv)} training videos: digit {m['judge_digit_acc']:.3f}, "
-          f"motion {m['judge_motion_acc']:.3f} on real held-out videos")
-
-    # reconstructions, samples, swaps
-    k = min(n, 2000)
-    idx = rng.choice(n, k, replace=False)
-    zc_rand = torch.randn(k, cfg.dim_z_c, generator=torch.Generator().manual_seed(args.seed)).numpy()
-    gen = lambda zc, zm: model.generate(zc.float(), zm.float())[:, :, 0]   # (B, T, S, S)
-    rec_rand = batched(gen, zc_rand, z_m[idx], device=dev)
-    m["recon_motion_err_px_random_c"] = motion_error(real01[idx], rec_rand)
-    rec = None
-    if z_c is not None:
-        rec = batched(gen, z_c[idx], z_m[idx], device=dev)
-        m["recon_motion_err_px"] = motion_error(real01[idx], rec)
-        m["recon_digit_acc"] = float((classify(rec) == digits[idx, None]).mean())
-        perm = rng.permutation(k)                                # A = idx, B = idx[perm]
-        swap = batched(gen, z_c[idx], z_m[idx[perm]], device=dev)
-        m["swap_digit_acc"] = float((classify(swap) == digits[idx, None]).mean())
-        m["swap_motion_acc"] = float((motion_clf.predict(trajectory_features(swap))
-                                      == motions[idx[perm]]).mean())
-    else:
-        m["recon_motion_err_px"] = m["recon_motion_err_px_random_c"]
-    with torch.no_grad():
-        zs_c, zs_m = model.sample(k, dev)
-    samples = batched(gen, zs_c.cpu().numpy(), zs_m.cpu().numpy(), device=dev)
-    # one canvas per video (structured G) keeps any drawing the same over the frames: the judge's
-    # mean top probability on the sampled frames, beside its value on real ones, says how legible
-    labels, m["sample_confidence"] = classify(samples, confidence=True)
-    m["sample_consistency"] = float((labels == labels[:, :1]).all(1).mean())
-    stage(f"reconstructions, swaps and samples of {k} videos")
-
-    figures(out, z_m, motions, real01, idx, rec_rand, rec, z_c, model, samples, rng, dev)
-    stage("figures")
-    m = {key: (None if v is None else float(v)) for key, v in m.items()}
-    meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "variant": variant,
-            "videos": n, "data": test.source, "frame_size": cfg.size}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({**m, "meta": meta}, f, indent=2)
-    print(f"\n{'metric':30s} {'value':>8s}  how to read it")
-    for key, v in m.items():
-        print(f"{key:30s} {'null' if v is None else f'{v:8.4f}'}  {GUIDE.get(key, '')}")
-    stage(f"wrote metrics.json and the figures to {out}/")
-    return 0
+    return {**m, **dict(zip(probes, accs))}
 
 
-def figures(out, z_m, motions, real01, idx, rec_rand, rec, z_c, model, samples, rng, dev):
+def figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev):
+    """The paper's Fig. 4 and 5, motion transfer and samples, as PNGs and (moving) GIFs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -315,38 +449,56 @@ def figures(out, z_m, motions, real01, idx, rec_rand, rec, z_c, model, samples, 
         fig.savefig(os.path.join(out, f"fig4_{name}.png"), dpi=100)
         plt.close(fig)
 
-    def grid(rows, path, title):
-        S = rows[0].shape[-1]
-        img = np.concatenate([np.concatenate(list(np.pad(r, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)), 1)
-                              for r in rows], 0)
-        w = min(20, img.shape[1] / 40)                        # inches, the image's own aspect
+    def strip(rows):                                             # rows of [T, S, S] -> one image
+        return np.concatenate([np.concatenate(list(np.pad(r, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)), 1)
+                               for r in rows], 0)
+
+    def grid(rows, name, title):
+        img = strip(rows)
+        w = min(20, img.shape[1] / 40)                           # inches, the image's own aspect
         fig, ax = plt.subplots(figsize=(w, w * img.shape[0] / img.shape[1] + 0.5))
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(os.path.join(out, name), dpi=100)
         plt.close(fig)
 
+    rec = made.get("rec")
     rows = []
     for j in range(6):
-        rows += [real01[idx[j]], rec_rand[j]] + ([rec[j]] if rec is not None else [])
-    grid(rows, os.path.join(out, "fig5_recon.png"), "per video: original, G(random z_C, E(x))"
+        rows += [real01[idx[j]], made["rec_rand"][j]] + ([rec[j]] if rec is not None else [])
+    grid(rows, "fig5_recon.png", "per video: original, G(random z_C, E(x))"
          + (", G(E_C(x), E(x))" if rec is not None else "") + "; frames across")
-    grid(list(samples[:8]), os.path.join(out, "samples.png"), "videos sampled from the priors")
-    if z_c is not None:
-        # content from each row's video, motion from each column's (frames 0, T/4, ... shown)
+    grid(list(made["samples"][:8]), "samples.png", "videos sampled from the priors")
+    T, S = real01.shape[1:3]
+    write_gif(os.path.join(out, "samples.gif"), [list(made["samples"][r * 4:r * 4 + 4]) for r in range(3)])
+    if rec is not None:
+        write_gif(os.path.join(out, "recon.gif"), [[real01[idx[j]], rec[j], made["rec_rand"][j]] for j in range(4)])
+        # content from each row's video, motion from each column's
         pick = idx[:5]
-        ts = np.linspace(0, real01.shape[1] - 1, 5).astype(int)
         with torch.no_grad():
             cells = [[model.generate(torch.as_tensor(z_c[a:a + 1]).to(dev),
-                                     torch.as_tensor(z_m[b:b + 1]).to(dev))[0, ts, 0].cpu().numpy()
+                                     torch.as_tensor(z_m[b:b + 1]).to(dev))[0, :, 0].float().cpu().numpy()
                       for b in pick] for a in pick]
-        S = real01.shape[-1]
-        blank = np.full((len(ts), S, S), 1.0)
-        rows = [np.concatenate([blank] + [real01[b, ts] for b in pick])]
-        rows += [np.concatenate([real01[a, ts]] + cells[i]) for i, a in enumerate(pick)]
-        grid(rows, os.path.join(out, "swap.png"), "motion transfer: first column = content source "
-             "(its own video), top row = motion source; cell = G(E_C(row), E(column))")
+        blank = np.ones((T, S, S))
+        moving = [[blank] + [real01[b] for b in pick]] + [[real01[a]] + cells[i] for i, a in enumerate(pick)]
+        write_gif(os.path.join(out, "swap.gif"), moving)
+        ts = np.linspace(0, T - 1, 5).astype(int)
+        grid([np.concatenate([v[ts] for v in row]) for row in moving], "swap.png",
+             "motion transfer: first column = content source (its own video), top row = motion "
+             "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
+
+
+def write_gif(path, rows, scale=None):
+    """An animated GIF of a grid of videos: rows of [T, S, S] arrays in [0, 1], 10 frames/s."""
+    from PIL import Image
+    T, S = rows[0][0].shape[:2]
+    scale = scale or max(1, 96 // S)                             # small frames drawn larger
+    pad = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)
+    movie = np.concatenate([np.concatenate([pad(v) for v in row], 2) for row in rows], 1)   # (T, H, W)
+    movie = np.kron(movie, np.ones((1, scale, scale)))
+    images = [Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8)) for f in movie]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
 
 
 if __name__ == "__main__":

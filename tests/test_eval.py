@@ -3,10 +3,13 @@
     python -m pytest tests/test_eval.py -q
 """
 import json
+import os
 import re
 
 import numpy as np
 import pytest
+
+import torch
 
 import data
 import eval as ev
@@ -35,17 +38,72 @@ def test_centre_of_mass_and_motion_error():
     assert ev.motion_error(frames[:1], frames[1:]) == pytest.approx(np.mean([0, 1, 2]))
 
 
-def test_probe_and_crops():
+def test_probe_separates_and_fails_on_noise():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 100)
     groups = np.arange(400)
     feats = np.eye(4)[labels] + rng.normal(size=(400, 4)) * 0.1
     assert ev.probe(feats, labels, groups[rng.permutation(400)]) == 1.0
     assert ev.probe(rng.normal(size=(400, 4)), labels, groups[rng.permutation(400)]) < 0.45
-    f = np.zeros((1, 32, 32))
-    f[0, 20:24, 5:9] = 1
-    c = ev.crops(f, 8)
-    assert c.shape == (1, 8, 8) and c.sum() == 16               # the whole blob, centred
+
+
+def test_label_stats_known_answers():
+    certain = np.eye(10)[np.arange(20) % 10][:, None].repeat(5, 1)     # 20 videos, 5 frames each
+    consistency, confidence, IS, h_y_x, h_y = ev.label_stats(certain)
+    assert consistency == 1 and confidence == 1 and h_y_x == pytest.approx(0, abs=1e-6)
+    assert IS == pytest.approx(10) and h_y == pytest.approx(np.log2(10))
+    flicker = certain.copy()
+    flicker[:, 2] = np.roll(flicker[:, 2], 1, axis=-1)           # one frame says another digit
+    assert ev.label_stats(flicker)[0] == 0
+    uniform = np.full((20, 5, 10), 0.1)
+    assert ev.label_stats(uniform)[2] == pytest.approx(1) and ev.label_stats(uniform)[3] == pytest.approx(np.log2(10))
+
+
+def test_frechet_distance_is_zero_for_one_set_and_grows_with_a_shift():
+    a = np.random.default_rng(0).normal(size=(2000, 8))
+    assert ev.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert ev.frechet_distance(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)     # |mu_a - mu_b|^2
+
+
+def test_speed_and_paths_in_range():
+    v = np.zeros((2, 4, 16, 16))
+    for t in range(4):
+        v[0, t, 5, 2 + 2 * t] = 1                               # 2 px a frame to the right
+        v[1, t, 5, 2] = 1                                       # standing still
+    assert ev.speed_px(v) == pytest.approx(1.0)
+    assert ev.paths_in_range(v, v) == 1.0
+    off = v.copy()
+    off[1, 3] = 0
+    off[1, 3, 15, 15] = 1                                       # one frame outside the real box
+    assert ev.paths_in_range(off, v) == 0.5
+
+
+def test_shifted_moves_ink_by_subpixel_amounts():
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, 0, 6:10, 6:10] = 1
+    y = ev.shifted(x, torch.Generator().manual_seed(0), max_px=1.0)
+    com = ev.centre_of_mass(y[:, 0].numpy()) - ev.centre_of_mass(x[:, 0].numpy())
+    assert np.abs(com).max() <= 1.0 + 1e-5 and np.abs(com).max() > 0.5
+    assert len(np.unique(np.round(com, 3))) > 32                 # not whole pixels only
+    torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0, atol=1e-4)
+
+
+def test_write_gif_is_animated(tmp_path):
+    from PIL import Image
+    v = np.random.default_rng(0).random((6, 8, 8))
+    ev.write_gif(str(tmp_path / "a.gif"), [[v, v], [v, v]])
+    with Image.open(tmp_path / "a.gif") as im:
+        assert im.n_frames == 6 and im.size == (2 * 10 * 12, 2 * 10 * 12)
+
+
+def test_judge_is_cached(tmp_path, mnist_dir):
+    ds = data.MotionMNIST("train", mnist_dir, frames=4, size=16)
+    a, path = ev.load_or_fit_judge(ds, 256, str(tmp_path), log=lambda *a: None)
+    assert os.path.isfile(path)
+    b, path_b = ev.load_or_fit_judge(ds, 256, str(tmp_path), log=lambda *a: 1 / 0)   # no refit
+    assert path_b == path
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
 
 
 def test_motion_judge_is_accurate_on_real_videos(tmp_path, fake_mnist):
@@ -68,18 +126,22 @@ def evaluated(tmp_path_factory, mnist_dir):
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert ev.main([str(run), "--mnist-dir", mnist_dir, "--device", "cpu"]) == 0   # the folder
+        assert ev.main([str(run), "--mnist-dir", mnist_dir, "--device", "cpu", "--judge-frames", "256",
+                        "--judge-dir", str(run / "judges")]) == 0   # the run folder, not its ckpt.pt
     return run / "eval", buf.getvalue()
 
 
 FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
-             "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc"]
+             "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc",
+             "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
+             "fix_motion_motion_acc", "sample_paths_in_range", "judge_digit_acc"]
 
 
 def test_eval_writes_every_metric(evaluated):
     m = json.loads((evaluated[0] / "metrics.json").read_text())
-    for k in FRACTIONS + ["motion_ari", "recon_motion_err_px", "sample_confidence", "judge_confidence"]:
-        assert k in m and m[k] is not None, k
+    assert set(m) - {"meta"} == set(ev.KEYS)
+    for k in ev.KEYS:
+        assert m[k] is not None, k
 
 
 def test_eval_metrics_are_in_range(evaluated):
@@ -87,13 +149,22 @@ def test_eval_metrics_are_in_range(evaluated):
     for k in FRACTIONS:
         assert 0 <= m[k] <= 1, k
     assert -1 <= m["motion_ari"] <= 1 and m["recon_motion_err_px"] >= 0
-    for k in ["sample_confidence", "judge_confidence"]:   # a top probability of <= 10 classes
+    for k in ["sample_confidence", "judge_confidence", "random_c_confidence"]:   # top of 10 classes
         assert 0.1 - 1e-9 <= m[k] <= 1, k
+    assert 1 - 1e-9 <= m["sample_is"] <= 10 and 0 <= m["sample_h_y"] <= np.log2(10) + 1e-9
+    assert m["sample_fd"] >= 0 and m["real_fd"] >= 0 and m["sample_speed_px"] >= 0
 
 
 @pytest.mark.parametrize("name", ["fig4_pca.png", "fig4_tsne.png", "fig5_recon.png", "swap.png", "samples.png"])
 def test_eval_writes_figures(evaluated, name):
     assert (evaluated[0] / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["samples.gif", "recon.gif", "swap.gif"])
+def test_eval_writes_moving_pictures(evaluated, name):
+    from PIL import Image
+    with Image.open(evaluated[0] / name) as im:
+        assert im.n_frames == 4                                   # the tiny preset's T
 
 
 def test_eval_prints_how_to_read_each_number(evaluated):
