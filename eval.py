@@ -369,8 +369,8 @@ def main(argv=None):
           f"{m['judge_confidence']:.3f}) and motion {m['judge_motion_acc']:.3f} on real held-out videos")
 
     gen = lambda zc, zm: model.generate(zc.float(), zm.float())[:, :, 0]   # (B, T, S, S)
-    zc_rand = torch.randn(k, cfg.dim_z_c, generator=torch.Generator().manual_seed(args.seed)).numpy()
-    with torch.no_grad():
+    with torch.no_grad():   # "random" z_C: drawn from the content prior the model samples from
+        zc_rand = model.sample(k, dev)[0].cpu().numpy()
         zs_c, zs_m = (t.cpu().numpy() for t in model.sample(k, dev))
     sets = {"rec_rand": (zc_rand, z_m[idx]), "samples": (zs_c, zs_m)}
     if z_c is not None:

@@ -59,6 +59,8 @@ class Config:
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
     crisp: bool = True          # structured: whole-pixel placement on black, as the data are made
     prior_weight: float = 0.0   # fit the motion prior to E's code paths as a sequence VAE's decoder
+    prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
+                                # E_C's codes and q's means (fit_priors); N(0, I) until then
 
     @classmethod
     def small(cls, **kw):
@@ -75,7 +77,7 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
-                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale"):
+                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale", "prior_components"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
@@ -422,6 +424,30 @@ def where_what_family(cfg):
     return WhereEncoder(cfg), GlimpseEncoder(cfg, pose), CanvasGenerator(cfg, pose)
 
 
+class GaussianMixture(nn.Module):
+    """A density to draw codes from: k full-covariance Gaussians, fitted after training to the codes
+    the encoders produce (ex-post density estimation, Ghosh et al. 2020). Until fitted, all k are
+    N(0, I), so drawing from it is drawing from N(0, I)."""
+
+    def __init__(self, k, dim):
+        super().__init__()
+        self.register_buffer("weights", torch.full((k,), 1.0 / k))
+        self.register_buffer("means", torch.zeros(k, dim))
+        self.register_buffer("scale_tril", torch.eye(dim).repeat(k, 1, 1))   # Cholesky factors
+
+    def set(self, weights, means, covariances):
+        """Takes a fit (e.g. sklearn's GaussianMixture(covariance_type="full")): [k], [k, D], [k, D, D]."""
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.means.device)
+        self.weights.copy_(as_t(weights) / as_t(weights).sum())
+        self.means.copy_(as_t(means))
+        self.scale_tril.copy_(torch.linalg.cholesky(as_t(covariances)))
+
+    def sample(self, n):
+        i = torch.multinomial(self.weights, n, replacement=True)
+        noise = torch.randn(n, self.means.shape[1], 1, device=self.means.device)
+        return self.means[i] + (self.scale_tril[i] @ noise)[..., 0]
+
+
 # ---------------------------------------------------------------- the model
 PRIOR_SIGMA = 0.05   # prior_weight: std of the path fit's Gaussian, in z_M units (~1 px at first)
 
@@ -437,6 +463,9 @@ class MDBiGAN(nn.Module):
         self.prior_enc = nn.Sequential(
             nn.Linear(cfg.frames * cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
             nn.Linear(cfg.d_hidden, 2 * cfg.dim_eps)) if cfg.prior_weight > 0 else None
+        k = cfg.prior_components   # fitted by fit_priors; until then both are N(0, I)
+        self.content_prior = GaussianMixture(k, cfg.dim_z_c) if k else None
+        self.eps_prior = GaussianMixture(k, cfg.dim_eps) if k and self.prior_enc is not None else None
         dim_c = cfg.dim_z_c if cfg.content_encoder else 0
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + dim_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + dim_c, video=True)  # D_V
@@ -473,11 +502,21 @@ class MDBiGAN(nn.Module):
         return self.enc_c(x, self.enc(x))
 
     def sample(self, n, device=None):
-        """Codes from the priors: z_C [n, dim_z_c] ~ N(0, I), z_M [n, T, dim_z_m] from the GRU."""
+        """Codes from the priors: z_C [n, dim_z_c] ~ N(0, I) (or the fitted mixture), z_M [n, T,
+        dim_z_m] from the GRU, its eps ~ N(0, I) (or the fitted mixture)."""
         device = device or next(self.parameters()).device
-        z_c = torch.randn(n, self.cfg.dim_z_c, device=device)
-        z_m = self.sampler(torch.randn(n, self.cfg.dim_eps, device=device), self.cfg.frames)
-        return z_c, z_m
+        draw = lambda prior, dim: prior.sample(n) if prior is not None else torch.randn(n, dim, device=device)
+        z_c = draw(self.content_prior, self.cfg.dim_z_c)
+        return z_c, self.sampler(draw(self.eps_prior, self.cfg.dim_eps), self.cfg.frames)
+
+    @torch.no_grad()
+    def prior_codes(self, videos):
+        """What the fitted priors imitate: (E_C's z_C [B, dim_z_c], q's mean eps of E's path [B, dim_eps]
+        or None without prior_enc), for videos [B, T, 1, S, S] in [0, 1]."""
+        x = self._check(videos)
+        z_m = self.enc(x)
+        eps = self.prior_enc(z_m.flatten(1)).chunk(2, 1)[0] if self.prior_enc is not None else None
+        return self.enc_c(x, z_m), eps
 
     def generate(self, z_c, z_m):
         """(z_C [B, dim_z_c], z_M [B, T, dim_z_m]) -> videos [B, T, 1, S, S] in [0, 1]."""
@@ -504,7 +543,9 @@ class MDBiGAN(nn.Module):
         B = x.shape[0]
         z_m_real = self.enc(x)
         z_c_real = self.enc_c(x, z_m_real) if self.enc_c is not None else None
-        z_c, z_m = self.sample(B, x.device)
+        # the training prior is N(0, I); the mixtures fitted after training are for sample() alone
+        z_c = torch.randn(B, self.cfg.dim_z_c, device=x.device)
+        z_m = self.sampler(torch.randn(B, self.cfg.dim_eps, device=x.device), self.cfg.frames)
         if self.prior_enc is not None:   # the prior is fitted to E's paths alone (prior_fit):
             z_m = z_m.detach()           # the adversarial gradient sent paths off the frame
         x_fake = self.gen(z_c, z_m)

@@ -38,11 +38,13 @@ from mdbigan import CHECKPOINT_VERSION, Config, MDBiGAN, load_checkpoint
 PRESETS = {
     "structured64": ("the project's best model at the paper's sizes (64x64, T=20); the CUDA default",
                      Config(structured=True, ch=32, ch_max=128, d_hidden=256, recon_weight=10.0,
-                            adv_weight=0.1, lr=1e-3, prior_weight=1.0, sampler_hidden=32),
+                            adv_weight=0.1, lr=1e-3, prior_weight=1.0, sampler_hidden=32,
+                            prior_components=10),
                      256, 100_000, 5),
     "structured32": ("the same model at 32x32 for a 2-core CPU; the CPU default",
                      Config.small(ch=16, ch_max=64, d_hidden=128, recon_weight=10.0, adv_weight=0.1,
-                                  lr=1e-3, structured=True, prior_weight=1.0, sampler_hidden=32),
+                                  lr=1e-3, structured=True, prior_weight=1.0, sampler_hidden=32,
+                                  prior_components=10),
                      16, 3000, 20),
     "paper": ("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
               32, 20_000, 0),
@@ -355,7 +357,8 @@ def run(args):
             sums[k] = sums.get(k, 0) + v.float()
         n_sum += 1
         elapsed += time.perf_counter() - t0
-        last = step == args.max_steps or elapsed > limit or stop["sig"] is not None
+        finished = step == args.max_steps or elapsed > limit
+        last = finished or stop["sig"] is not None
         if step % args.log_every == 0 or last:
             if bad.item():                                       # .item() syncs: on log steps only
                 print(f"error: loss became NaN or inf by step {step}; stopping. The last good "
@@ -376,12 +379,15 @@ def run(args):
                 with open(jsonl_path, "a") as f:
                     f.write(json.dumps({"step": step, "ms": dt * 1e3, **vals}) + "\n")
             sums, n_sum, t_log, wait = {}, 0, time.perf_counter(), 0.0
+        if finished and rank == 0 and fit_priors(model, ds, args.seed):   # before the last pictures
+            log("fitted the sampling priors to the codes of up to 4,000 training videos")
         if rank == 0 and (step % args.sample_every == 0 or last):
             samples(model, ds, autocast, os.path.join(out, f"samples_{step:06d}.png"), step)
         if step % args.ckpt_every == 0 or last:
             checkpoint()
-        if elapsed > limit:
-            log(f"time limit of {args.time_limit:g} minutes reached at step {step}")
+        if finished:
+            if elapsed > limit:
+                log(f"time limit of {args.time_limit:g} minutes reached at step {step}")
             break
         if stop["sig"] is not None:
             log(f"{signal.Signals(stop['sig']).name} received: saved {out}/ckpt.pt at step {step}")
@@ -398,6 +404,29 @@ def run(args):
             log(f"done: {step} steps in {elapsed / 60:.1f} min; checkpoint {out}/ckpt.pt; "
                 f"evaluate with: python eval.py {out}")
     return code
+
+
+@torch.no_grad()
+def fit_priors(model, ds, seed, n=4000):
+    """Fits the mixtures that model.sample() draws z_C and eps from to E_C's codes and q's means on
+    n training videos (ex-post density estimation); False if the config has none."""
+    from sklearn.mixture import GaussianMixture
+    if model.content_prior is None:
+        return False
+    items = np.random.default_rng(seed).choice(len(ds), min(n, len(ds)), replace=False)
+    device = next(model.parameters()).device
+    codes = [model.prior_codes(to_videos(ds.render(c)[0], device)) for c in np.array_split(items, -(-len(items) // 256))]
+    for i, prior in enumerate((model.content_prior, model.eps_prior)):
+        if prior is not None:
+            x = torch.cat([c[i] for c in codes]).float().cpu().numpy()
+            k = min(len(prior.weights), len(x))
+            gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(x)
+            if k < len(prior.weights):                           # fewer videos than components
+                gm.weights_ = np.concatenate([gm.weights_, np.zeros(len(prior.weights) - k)])
+                gm.means_ = np.concatenate([gm.means_, np.zeros((len(prior.weights) - k, x.shape[1]))])
+                gm.covariances_ = np.concatenate([gm.covariances_, np.repeat(np.eye(x.shape[1])[None], len(prior.weights) - k, 0)])
+            prior.set(gm.weights_, gm.means_, gm.covariances_)
+    return True
 
 
 def save_atomic(obj, path):

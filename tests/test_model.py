@@ -314,3 +314,31 @@ def test_grid_equals_affine_grid(inverse):
     theta = torch.cat([torch.eye(2).expand(5, 2, 2) * s, t[:, :, None]], 2)
     want = torch.nn.functional.affine_grid(theta, (5, 1, 24, 24), align_corners=False)
     torch.testing.assert_close(grid(pose, 24, inverse), want, rtol=0, atol=1e-6)
+
+
+def test_unfitted_mixture_prior_is_standard_normal():
+    from mdbigan import GaussianMixture
+    torch.manual_seed(0)
+    z = GaussianMixture(5, 3).sample(20000)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(z.T), torch.eye(3), atol=0.03, rtol=0)
+
+
+def test_fitted_mixture_prior_draws_from_its_components():
+    from mdbigan import GaussianMixture
+    prior = GaussianMixture(2, 2)
+    prior.set([0.25, 0.75], [[5.0, 0.0], [-5.0, 0.0]], torch.stack([torch.eye(2) * 0.01, torch.eye(2) * 0.04]))
+    torch.manual_seed(0)
+    z = prior.sample(8000)
+    right = z[:, 0] > 0
+    assert abs(right.float().mean() - 0.25) < 0.02
+    torch.testing.assert_close(z[right].std(0), torch.full((2,), 0.1), atol=0.01, rtol=0)
+
+
+def test_sample_uses_the_fitted_priors():
+    torch.manual_seed(0)
+    m = MDBiGAN(Config(**TINY, structured=True, prior_weight=1.0, prior_components=3))
+    m.content_prior.set([1.0, 0, 0], torch.full((3, 8), 7.0), torch.eye(8).repeat(3, 1, 1) * 1e-6)
+    z_c, z_m = m.sample(4)
+    torch.testing.assert_close(z_c, torch.full((4, 8), 7.0), atol=0.01, rtol=0)
+    assert z_m.shape == (4, m.cfg.frames, m.cfg.dim_z_m)
