@@ -114,12 +114,16 @@ def probe(features, labels, groups):
 
 
 def centre_of_mass(frames):
-    """frames [..., S, S] non-negative -> (x, y) centre of mass [..., 2] in pixels."""
+    """frames [..., S, S] non-negative (uint8 or float) -> (x, y) centre of mass [..., 2] in pixels;
+    in chunks, so that 8,000 videos of 64x64 never become one float64 array of 5 GB."""
     S = frames.shape[-1]
-    w = frames.reshape(*frames.shape[:-2], -1).astype(np.float64)
-    total = w.sum(-1) + 1e-8
-    ys, xs = np.divmod(np.arange(S * S), S)
-    return np.stack([(w * xs).sum(-1) / total, (w * ys).sum(-1) / total], -1)
+    flat = frames.reshape(-1, S * S)
+    ys, xs = np.divmod(np.arange(S * S, dtype=np.float32), S)
+    out = np.empty((len(flat), 2))
+    for i in range(0, len(flat), 16384):
+        w = flat[i:i + 16384].astype(np.float32)
+        out[i:i + 16384] = np.stack([w @ xs, w @ ys], 1) / (w.sum(1, keepdims=True) + 1e-8)
+    return out.reshape(*frames.shape[:-2], 2)
 
 
 def motion_error(real, fake):
@@ -257,9 +261,11 @@ def load_or_fit_judge(train_set, frames, cache, log=print):
 
 @torch.no_grad()
 def judge_videos(judge, videos):
-    """videos [N, T, S, S] in [0, 1] -> (probabilities [N, T, 10], features [N * T, 128])."""
+    """videos [N, T, S, S] in [0, 1] (or uint8) -> (probabilities [N, T, 10], features [N * T, 128])."""
     N, T, S = videos.shape[:3]
     flat = torch.as_tensor(videos, dtype=torch.float32).reshape(-1, 1, S, S)
+    if videos.dtype == np.uint8:
+        flat = flat / 255
     feats = torch.cat([judge.features(flat[i:i + 4096]) for i in range(0, len(flat), 4096)])
     return judge.fc(feats).softmax(-1).view(N, T, 10).numpy(), feats.numpy()
 
@@ -340,8 +346,7 @@ def main(argv=None):
 
     n = len(test) if args.max_videos <= 0 else min(args.max_videos, len(test))
     items = np.arange(len(test)) if n == len(test) else np.sort(rng.choice(len(test), n, replace=False))
-    videos, motions, digits = test.render(items)                 # (N, T, S, S) uint8
-    real01 = videos / 255.0
+    videos, motions, digits = test.render(items)                 # (N, T, S, S) uint8, kept so
     dev = args.device
     z_m = batched(lambda v: model.encode_motion(to_model(v)), videos, device=dev)  # (N, T, dz_m)
     z_c = batched(lambda v: model.encode_content(to_model(v)), videos, device=dev) \
@@ -354,17 +359,17 @@ def main(argv=None):
     judge, path = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, log=stage)
     tv, tm, _ = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
     motion_judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    motion_judge.fit(trajectory_features(tv / 255.0), tm)
+    motion_judge.fit(trajectory_features(tv), tm)
     k = min(n, 2000)                                             # videos per generated set
     idx = rng.choice(n, k, replace=False)
-    probs, feats = judge_videos(judge, real01[idx])
+    probs, feats = judge_videos(judge, videos[idx])
     m["judge_digit_acc"] = float((probs.argmax(-1) == digits[idx, None]).mean())
     m["judge_confidence"] = float(probs.max(-1).mean())
-    m["judge_motion_acc"] = float((motion_judge.predict(trajectory_features(real01)) == motions).mean())
+    m["judge_motion_acc"] = float((motion_judge.predict(trajectory_features(videos)) == motions).mean())
     rest = np.setdiff1d(np.arange(n), idx)[:k] if n >= 2 * k else idx[k // 2:]
     m["real_fd"] = frechet_distance(feats if n >= 2 * k else feats[:len(feats) // 2],
-                                    judge_videos(judge, real01[rest])[1])
-    m["real_speed_px"] = speed_px(real01)
+                                    judge_videos(judge, videos[rest])[1])
+    m["real_speed_px"] = speed_px(videos)
     stage(f"judges ({path}): digit {m['judge_digit_acc']:.3f} (confidence "
           f"{m['judge_confidence']:.3f}) and motion {m['judge_motion_acc']:.3f} on real held-out videos")
 
@@ -381,23 +386,23 @@ def main(argv=None):
     motion_of = lambda v: motion_judge.predict(trajectory_features(v))
     label_of = lambda name: judged[name][0].argmax(-1)
 
-    m["recon_motion_err_px_random_c"] = motion_error(real01[idx], made["rec_rand"])
+    m["recon_motion_err_px_random_c"] = motion_error(videos[idx], made["rec_rand"])
     m["random_c_consistency"], m["random_c_confidence"] = label_stats(judged["rec_rand"][0])[:2]
     m["random_c_motion_acc"] = m["fix_motion_motion_acc"] = float((motion_of(made["rec_rand"]) == motions[idx]).mean())
     (m["sample_consistency"], m["sample_confidence"], m["sample_is"], m["sample_h_y_given_x"],
      m["sample_h_y"]) = label_stats(judged["samples"][0])
     m["sample_fd"] = frechet_distance(judged["samples"][1], feats)
     m["sample_speed_px"] = speed_px(made["samples"])
-    m["sample_paths_in_range"] = paths_in_range(made["samples"], real01)
+    m["sample_paths_in_range"] = paths_in_range(made["samples"], videos)
     if z_c is not None:
-        m["recon_motion_err_px"] = motion_error(real01[idx], made["rec"])
+        m["recon_motion_err_px"] = motion_error(videos[idx], made["rec"])
         m["recon_digit_acc"] = float((label_of("rec") == digits[idx, None]).mean())
         m["swap_digit_acc"] = float((label_of("swap") == digits[idx, None]).mean())
         m["swap_motion_acc"] = float((motion_of(made["swap"]) == motions[idx[perm]]).mean())
         m["fix_content_digit_acc"] = float((label_of("fix_c") == digits[idx, None]).mean())
     stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
 
-    figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev)
+    figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev)
     stage("figures and GIFs")
     m = {key: (None if v is None else float(v)) for key, v in m.items()}
     meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "variant": variant,
@@ -429,8 +434,9 @@ def code_metrics(z_m, z_c, videos, motions, digits, groups, rng, seed):
     return {**m, **dict(zip(probes, accs))}
 
 
-def figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev):
+def figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev):
     """The paper's Fig. 4 and 5, motion transfer and samples, as PNGs and (moving) GIFs."""
+    real01 = lambda i: videos[i] / 255.0                         # (T, S, S) in [0, 1]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -466,14 +472,14 @@ def figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev):
     rec = made.get("rec")
     rows = []
     for j in range(6):
-        rows += [real01[idx[j]], made["rec_rand"][j]] + ([rec[j]] if rec is not None else [])
+        rows += [real01(idx[j]), made["rec_rand"][j]] + ([rec[j]] if rec is not None else [])
     grid(rows, "fig5_recon.png", "per video: original, G(random z_C, E(x))"
          + (", G(E_C(x), E(x))" if rec is not None else "") + "; frames across")
     grid(list(made["samples"][:8]), "samples.png", "videos sampled from the priors")
-    T, S = real01.shape[1:3]
+    T, S = videos.shape[1:3]
     write_gif(os.path.join(out, "samples.gif"), [list(made["samples"][r * 4:r * 4 + 4]) for r in range(3)])
     if rec is not None:
-        write_gif(os.path.join(out, "recon.gif"), [[real01[idx[j]], rec[j], made["rec_rand"][j]] for j in range(4)])
+        write_gif(os.path.join(out, "recon.gif"), [[real01(idx[j]), rec[j], made["rec_rand"][j]] for j in range(4)])
         # content from each row's video, motion from each column's
         pick = idx[:5]
         with torch.no_grad():
@@ -481,7 +487,7 @@ def figures(out, z_m, motions, real01, idx, made, z_c, model, rng, dev):
                                      torch.as_tensor(z_m[b:b + 1]).to(dev))[0, :, 0].float().cpu().numpy()
                       for b in pick] for a in pick]
         blank = np.ones((T, S, S))
-        moving = [[blank] + [real01[b] for b in pick]] + [[real01[a]] + cells[i] for i, a in enumerate(pick)]
+        moving = [[blank] + [real01(b) for b in pick]] + [[real01(a)] + cells[i] for i, a in enumerate(pick)]
         write_gif(os.path.join(out, "swap.gif"), moving)
         ts = np.linspace(0, T - 1, 5).astype(int)
         grid([np.concatenate([v[ts] for v in row]) for row in moving], "swap.png",
