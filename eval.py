@@ -207,7 +207,7 @@ def shifted(x, gen, max_px=1.5):
     return F.grid_sample(x, base - shift, align_corners=False)
 
 
-def fit_judge(train_set, frames, seed=0, epochs=5, log=print):
+def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
     """Trains the digit judge on `frames` frames of real training-split videos (two per video)."""
     rng, T, S = np.random.default_rng(seed), train_set.frames, train_set.size
     items = rng.choice(len(train_set), frames // 2, replace=frames // 2 > len(train_set))
@@ -221,14 +221,14 @@ def fit_judge(train_set, frames, seed=0, epochs=5, log=print):
     y = torch.from_numpy(np.concatenate(ys)).long()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    judge = DigitJudge()
+    judge = DigitJudge().to(device)
     opt = torch.optim.Adam(judge.parameters(), 3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // 256))
     for epoch in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 256):
             b = perm[i:i + 256]
-            loss = F.cross_entropy(judge(shifted(x[b], gen)), y[b])
+            loss = F.cross_entropy(judge(shifted(x[b], gen).to(device)), y[b].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -237,7 +237,7 @@ def fit_judge(train_set, frames, seed=0, epochs=5, log=print):
     return judge.eval()
 
 
-def load_or_fit_judge(train_set, frames, cache, log=print):
+def load_or_fit_judge(train_set, frames, cache, device="cpu", log=print):
     """The cached judge for these digits, frame size and variant; fitted and saved if absent."""
     h = hashlib.sha1(train_set.images.tobytes() + train_set.labels.tobytes())
     h.update(f"{train_set.size} {train_set.variant} {frames} v{JUDGE_VERSION}".encode())
@@ -246,13 +246,13 @@ def load_or_fit_judge(train_set, frames, cache, log=print):
     if os.path.isfile(path):
         try:
             judge.load_state_dict(torch.load(path, weights_only=True))
-            return judge.eval(), path
+            return judge.to(device).eval(), path
         except (RuntimeError, OSError, ValueError):
             log(f"digit judge: {path} unreadable, fitting it again")
-    judge = fit_judge(train_set, frames, log=log)
+    judge = fit_judge(train_set, frames, device=device, log=log)
     try:
         os.makedirs(cache, exist_ok=True)
-        torch.save(judge.state_dict(), path + ".tmp")
+        torch.save({k: v.cpu() for k, v in judge.state_dict().items()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except OSError as e:
         log(f"digit judge: not cached ({e.strerror}); it will be fitted again next time")
@@ -263,11 +263,11 @@ def load_or_fit_judge(train_set, frames, cache, log=print):
 def judge_videos(judge, videos):
     """videos [N, T, S, S] in [0, 1] (or uint8) -> (probabilities [N, T, 10], features [N * T, 128])."""
     N, T, S = videos.shape[:3]
-    flat = torch.as_tensor(videos, dtype=torch.float32).reshape(-1, 1, S, S)
-    if videos.dtype == np.uint8:
-        flat = flat / 255
-    feats = torch.cat([judge.features(flat[i:i + 4096]) for i in range(0, len(flat), 4096)])
-    return judge.fc(feats).softmax(-1).view(N, T, 10).numpy(), feats.numpy()
+    flat = torch.as_tensor(videos).reshape(-1, 1, S, S)
+    device, scale = next(judge.parameters()).device, 255.0 if videos.dtype == np.uint8 else 1.0
+    feats = torch.cat([judge.features(flat[i:i + 4096].to(device).float() / scale)
+                       for i in range(0, len(flat), 4096)])
+    return judge.fc(feats).softmax(-1).view(N, T, 10).cpu().numpy(), feats.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -356,7 +356,7 @@ def main(argv=None):
     m.update(code_metrics(z_m, z_c, videos, motions, digits, items // 8, rng, args.seed))
     stage("k-means and linear probes on z_M, z_C and raw pixels")
 
-    judge, path = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, log=stage)
+    judge, path = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, dev, log=stage)
     tv, tm, _ = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
     motion_judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     motion_judge.fit(trajectory_features(tv), tm)
