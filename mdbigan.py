@@ -55,7 +55,6 @@ class Config:
     beta2: float = 0.999
     sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
     structured: bool = False    # the where/what family instead of the paper's conv nets
-    where: str = "softmax"      # structured E's weights: "softmax" (soft-argmax) or "ink" (see E)
     centre_weight: float = 1.0  # structured: (canvas centre of mass - its centre)^2 in frame pixels
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
     crisp: bool = True          # structured: whole-pixel placement on black, as the data are made
@@ -84,7 +83,6 @@ class Config:
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
         need(self.loss in ("hinge", "bce"), f"loss must be 'hinge' or 'bce', got {self.loss!r}")
         need(self.recon_loss in ("mse", "l1"), f"recon_loss must be 'mse' or 'l1', got {self.recon_loss!r}")
-        need(self.where in ("softmax", "ink"), f"where must be 'softmax' or 'ink', got {self.where!r}")
         need(self.sampler_backend in ("auto", "triton", "torch"),
              f"sampler_backend must be 'auto', 'triton' or 'torch', got {self.sampler_backend!r}")
         need(self.recon_weight == 0 or self.content_encoder, "recon_weight > 0 needs content_encoder=True")
@@ -342,22 +340,17 @@ class PoseMap(nn.Linear):
 
 
 class WhereEncoder(nn.Module):
-    """E: frame -> weights -> their centroid p(t) in [-1, 1]^2 -> z_M(t) = tanh(W p(t) + b).
-    where="softmax": a spatial soft-argmax (Finn et al. 2016) of a conv net plus alpha * the frame,
-    so that E starts out looking at the ink (the conv net alone never found the digit).
-    where="ink": the ink itself times exp(conv net), which starts at 0: E starts as the frame's
-    centre of mass, the anchor the centring term gives G, so no digit's shape moves it."""
+    """E: frame -> heatmap -> spatial soft-argmax (Finn et al. 2016) -> p(t) in [-1, 1]^2 ->
+    z_M(t) = tanh(W p(t) + b). The heatmap's logits are a conv net plus alpha * the frame, so that
+    E starts out looking at the ink (the conv net alone never found the digit)."""
 
     def __init__(self, cfg):
         super().__init__()
-        c, self.ink = cfg.ch, cfg.where == "ink"
+        c = cfg.ch
         self.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(c, 1, 3, 1, 1))
-        if self.ink:
-            nn.init.zeros_(self.net[-1].weight), nn.init.zeros_(self.net[-1].bias)
-        else:
-            self.alpha = nn.Parameter(torch.tensor(5.0))
+        self.alpha = nn.Parameter(torch.tensor(5.0))
         self.lift = nn.Linear(2, cfg.dim_z_m)
         with torch.no_grad():   # [I; 0]: PoseMap starts as its inverse, so G draws where E looks
             self.lift.weight.zero_()[:2].copy_(torch.eye(2)[: cfg.dim_z_m])
@@ -366,14 +359,9 @@ class WhereEncoder(nn.Module):
     def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
         B, T = x.shape[:2]
         x = x.flatten(0, 1)
-        if self.ink:   # at full resolution: the centroid of pooled ink is off by up to half a pixel
-            mod = F.interpolate(self.net(x).clamp(max=10), scale_factor=2, mode="nearest")
-            h = ((x + 1) / 2 * torch.exp(mod)).flatten(1)        # (B*T, S*S)
-            w = h / (h.sum(1, keepdim=True) + 1e-6)
-        else:
-            w = (self.net(x) + self.alpha * F.avg_pool2d(x, 2)).flatten(1).softmax(1)  # heatmap logits
-        n = int(w.shape[1] ** 0.5)
-        w = w.view(-1, n, n)
+        h = self.net(x) + self.alpha * F.avg_pool2d(x, 2)      # (B*T, 1, S/2, S/2) heatmap logits
+        n = h.shape[-1]
+        w = h.flatten(1).softmax(1).view(-1, n, n)
         c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
         p = torch.stack([(w.sum(1) * c).sum(1), (w.sum(2) * c).sum(1)], 1)      # (x, y)
         return torch.tanh(self.lift(p)).view(B, T, -1)          # (B, T, dim_z_m)

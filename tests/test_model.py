@@ -342,18 +342,3 @@ def test_sample_uses_the_fitted_priors():
     z_c, z_m = m.sample(4)
     torch.testing.assert_close(z_c, torch.full((4, 8), 7.0), atol=0.01, rtol=0)
     assert z_m.shape == (4, m.cfg.frames, m.cfg.dim_z_m)
-
-
-def test_ink_where_encoder_starts_at_the_centre_of_mass():
-    """where="ink": before training, E's position is the frame's centre of mass exactly."""
-    torch.manual_seed(0)
-    m = MDBiGAN(Config(**TINY, structured=True, where="ink"))
-    x = torch.zeros(2, TINY["frames"], 1, 16, 16)
-    x[0, :, 0, 3:6, 4:9] = torch.rand(TINY["frames"], 3, 5)
-    x[1, :, 0, 10:14, 1:3] = 1.0
-    z = m.encode_motion(x)                                       # tanh([I; 0] p)
-    p = torch.atanh(z[..., :2]) * 8 + 8                         # -> pixels
-    ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
-    w = x[:, :, 0]
-    com = torch.stack([(w * xs).sum((2, 3)), (w * ys).sum((2, 3))], -1) / w.sum((2, 3))[..., None]
-    torch.testing.assert_close(p, com, atol=1e-3, rtol=0)
