@@ -59,6 +59,7 @@ class Config:
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
     crisp: bool = True          # structured: whole-pixel placement on black, as the data are made
     prior_weight: float = 0.0   # fit the motion prior to E's code paths as a sequence VAE's decoder
+    prior_sigma: float = 0.05   # the path fit's Gaussian std, in z_M units (~1 px at first)
     prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
 
@@ -76,6 +77,7 @@ class Config:
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.prior_sigma > 0, f"prior_sigma must be > 0, got {self.prior_sigma}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
                   "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale", "prior_components"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -449,7 +451,6 @@ class GaussianMixture(nn.Module):
 
 
 # ---------------------------------------------------------------- the model
-PRIOR_SIGMA = 0.05   # prior_weight: std of the path fit's Gaussian, in z_M units (~1 px at first)
 
 
 class MDBiGAN(nn.Module):
@@ -616,7 +617,7 @@ class MDBiGAN(nn.Module):
         mu, logvar = self.prior_enc(path.flatten(1)).chunk(2, 1)
         logvar = logvar.clamp(-12, 4)
         eps = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        fit = (self.sampler(eps, path.shape[1]) - path).pow(2).sum((1, 2)) / (2 * PRIOR_SIGMA ** 2)
+        fit = (self.sampler(eps, path.shape[1]) - path).pow(2).sum((1, 2)) / (2 * self.cfg.prior_sigma ** 2)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return (fit + kl).mean() / path[0].numel()
 

@@ -76,6 +76,7 @@ def test_speed_and_paths_in_range():
     off[1, 3] = 0
     off[1, 3, 15, 15] = 1                                       # one frame outside the real box
     assert ev.paths_in_range(off, v) == 0.5
+    assert ev.paths_in_range(off, v, tol=10.0) == 1.0
 
 
 def test_shifted_moves_ink_by_subpixel_amounts():
@@ -134,7 +135,8 @@ def evaluated(tmp_path_factory, mnist_dir):
 FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
              "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc",
              "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
-             "fix_motion_motion_acc", "sample_paths_in_range", "judge_digit_acc"]
+             "fix_motion_motion_acc", "sample_paths_in_range", "sample_paths_in_range_1px",
+             "recon_paths_in_range", "judge_digit_acc"]
 
 
 def test_eval_writes_every_metric(evaluated):
