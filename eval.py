@@ -71,8 +71,8 @@ GUIDE = {
     "random_c_motion_acc": "higher is better: G(random z_C, E(x)) moves as x",
     "fix_content_digit_acc": "higher is better: G(E_C(x), sampled z_M) reads as x's digit",
     "fix_motion_motion_acc": "higher is better: G(sampled z_C, E(x)) moves as x",
-    "sample_speed_px": "px/frame of sampled videos; within 15% of real_speed_px",
-    "real_speed_px": "px/frame of real held-out videos",
+    "sample_speed_px": "px/frame, first to last frame, of sampled videos; within 15% of real",
+    "real_speed_px": "px/frame, first to last frame, of real held-out videos",
     "sample_paths_in_range": "higher is better: sampled paths inside the real positions; >= 0.95",
     "sample_paths_in_range_1px": "the same, the box widened by 1 px (the data's jitter)",
     "recon_paths_in_range": "the strict box for G(E_C(x), E(x)): what sub-pixel overshoot costs",
@@ -141,8 +141,11 @@ def trajectory_features(videos):
 
 
 def speed_px(videos):
-    """Mean centre-of-mass speed in px/frame of videos [N, T, S, S]."""
-    return float(np.linalg.norm(np.diff(centre_of_mass(videos), axis=1), axis=-1).mean())
+    """Mean speed of videos [N, T, S, S] in px/frame: the centre of mass's distance from the first
+    frame to the last over T - 1. (Frame to frame, the data's per-frame jitter of N(0, 1) px at
+    64x64 would count as motion: 1.40 px/frame for real videos at 32x32 that travel 1.08.)"""
+    com = centre_of_mass(videos)
+    return float((np.linalg.norm(com[:, -1] - com[:, 0], axis=-1) / (com.shape[1] - 1)).mean())
 
 
 def paths_in_range(videos, real, tol=0.0):

@@ -62,6 +62,7 @@ class Config:
     prior_sigma: float = 0.05   # the path fit's Gaussian std, in z_M units (~1 px at first)
     prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
+    prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
 
     @classmethod
     def small(cls, **kw):
@@ -79,7 +80,8 @@ class Config:
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.prior_sigma > 0, f"prior_sigma must be > 0, got {self.prior_sigma}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
-                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale", "prior_components"):
+                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale", "prior_components",
+                  "prior_temperature"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
@@ -431,8 +433,9 @@ class GaussianMixture(nn.Module):
     the encoders produce (ex-post density estimation, Ghosh et al. 2020). Until fitted, all k are
     N(0, I), so drawing from it is drawing from N(0, I)."""
 
-    def __init__(self, k, dim):
+    def __init__(self, k, dim, temperature=1.0):
         super().__init__()
+        self.temperature = temperature
         self.register_buffer("weights", torch.full((k,), 1.0 / k))
         self.register_buffer("means", torch.zeros(k, dim))
         self.register_buffer("scale_tril", torch.eye(dim).repeat(k, 1, 1))   # Cholesky factors
@@ -447,7 +450,7 @@ class GaussianMixture(nn.Module):
     def sample(self, n):
         i = torch.multinomial(self.weights, n, replacement=True)
         noise = torch.randn(n, self.means.shape[1], 1, device=self.means.device)
-        return self.means[i] + (self.scale_tril[i] @ noise)[..., 0]
+        return self.means[i] + self.temperature * (self.scale_tril[i] @ noise)[..., 0]
 
 
 # ---------------------------------------------------------------- the model
@@ -465,8 +468,9 @@ class MDBiGAN(nn.Module):
             nn.Linear(cfg.frames * cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
             nn.Linear(cfg.d_hidden, 2 * cfg.dim_eps)) if cfg.prior_weight > 0 else None
         k = cfg.prior_components   # fitted by fit_priors; until then both are N(0, I)
-        self.content_prior = GaussianMixture(k, cfg.dim_z_c) if k else None
-        self.eps_prior = GaussianMixture(k, cfg.dim_eps) if k and self.prior_enc is not None else None
+        t = cfg.prior_temperature
+        self.content_prior = GaussianMixture(k, cfg.dim_z_c, t) if k else None
+        self.eps_prior = GaussianMixture(k, cfg.dim_eps, t) if k and self.prior_enc is not None else None
         dim_c = cfg.dim_z_c if cfg.content_encoder else 0
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + dim_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + dim_c, video=True)  # D_V

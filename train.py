@@ -39,12 +39,12 @@ PRESETS = {
     "structured64": ("the project's best model at the paper's sizes (64x64, T=20); the CUDA default",
                      Config(structured=True, ch=32, ch_max=128, d_hidden=256, recon_weight=10.0,
                             adv_weight=0.1, lr=1e-3, prior_weight=1.0, sampler_hidden=32,
-                            prior_components=10),
+                            prior_components=30, prior_temperature=0.7),
                      256, 100_000, 5),
     "structured32": ("the same model at 32x32 for a 2-core CPU; the CPU default",
                      Config.small(ch=16, ch_max=64, d_hidden=128, recon_weight=10.0, adv_weight=0.1,
                                   lr=1e-3, structured=True, prior_weight=1.0, sampler_hidden=32,
-                                  prior_components=10),
+                                  prior_components=30, prior_temperature=0.7),
                      16, 3000, 20),
     "paper": ("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
               32, 20_000, 0),
@@ -380,7 +380,7 @@ def run(args):
                     f.write(json.dumps({"step": step, "ms": dt * 1e3, **vals}) + "\n")
             sums, n_sum, t_log, wait = {}, 0, time.perf_counter(), 0.0
         if finished and rank == 0 and fit_priors(model, ds, args.seed):   # before the last pictures
-            log("fitted the sampling priors to the codes of up to 4,000 training videos")
+            log("fitted the sampling priors to the codes of up to 8,000 training videos")
         if rank == 0 and (step % args.sample_every == 0 or last):
             samples(model, ds, autocast, os.path.join(out, f"samples_{step:06d}.png"), step)
         if step % args.ckpt_every == 0 or last:
@@ -407,7 +407,7 @@ def run(args):
 
 
 @torch.no_grad()
-def fit_priors(model, ds, seed, n=4000):
+def fit_priors(model, ds, seed, n=8000):
     """Fits the mixtures that model.sample() draws z_C and eps from to E_C's codes and q's means on
     n training videos (ex-post density estimation); False if the config has none."""
     from sklearn.mixture import GaussianMixture

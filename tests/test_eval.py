@@ -71,6 +71,10 @@ def test_speed_and_paths_in_range():
         v[0, t, 5, 2 + 2 * t] = 1                               # 2 px a frame to the right
         v[1, t, 5, 2] = 1                                       # standing still
     assert ev.speed_px(v) == pytest.approx(1.0)
+    wobble = np.zeros((1, 4, 16, 16))
+    for t, x in enumerate([2, 5, 2, 2]):                        # jitter that goes nowhere
+        wobble[0, t, 5, x] = 1
+    assert ev.speed_px(wobble) == 0
     assert ev.paths_in_range(v, v) == 1.0
     off = v.copy()
     off[1, 3] = 0

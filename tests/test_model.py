@@ -335,6 +335,16 @@ def test_fitted_mixture_prior_draws_from_its_components():
     torch.testing.assert_close(z[right].std(0), torch.full((2,), 0.1), atol=0.01, rtol=0)
 
 
+def test_mixture_temperature_scales_the_spread():
+    from mdbigan import GaussianMixture
+    prior = GaussianMixture(1, 2, temperature=0.5)
+    prior.set([1.0], [[1.0, -1.0]], torch.eye(2)[None] * 4.0)
+    torch.manual_seed(0)
+    z = prior.sample(20000)
+    torch.testing.assert_close(z.std(0), torch.ones(2), atol=0.03, rtol=0)     # 0.5 * 2
+    torch.testing.assert_close(z.mean(0), torch.tensor([1.0, -1.0]), atol=0.03, rtol=0)
+
+
 def test_sample_uses_the_fitted_priors():
     torch.manual_seed(0)
     m = MDBiGAN(Config(**TINY, structured=True, prior_weight=1.0, prior_components=3))
