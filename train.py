@@ -4,7 +4,7 @@ Usage (inside the README's .venv):
     python train.py                                   # CUDA: structured64, 5 min; else structured32
     python train.py --device cuda --mnist-dir DIR     # the default GPU preset on real MNIST
     python train.py --preset paper --device cuda      # the paper's conv model as written (+ fixes)
-    python train.py --preset structured32 --out-dir runs/cpu   # ~20 minutes on a 2-core CPU
+    python train.py --preset structured32 --out-dir runs/cpu   # ~13 minutes on a 2-core CPU
     python train.py --resume --out-dir runs/cpu       # continue that run exactly, its own settings
     python train.py --set recon_weight=0 --set loss=bce        # override any Config field
     python train.py --bench 20 [--compile] [--profile prof.txt] # time the training step only
@@ -12,7 +12,8 @@ Usage (inside the README's .venv):
 
 Writes to --out-dir (default runs/PRESET): ckpt.pt (atomic: model, optimisers, step, config, the
 run's settings, RNG states), log.txt (a line per log interval), log.jsonl (the same numbers),
-samples_*.png (sampled videos, real videos and their reconstructions) and losses.png.
+samples_*.png (sampled videos, real videos and their reconstructions) and losses.png. When a run
+ends, the sampling priors are fitted to the encoders' codes (fit_priors) and saved with it.
 Ctrl-C or SIGTERM saves a checkpoint first; a NaN/inf loss stops the run and keeps the last good
 checkpoint. Then: python eval.py OUT_DIR
 """
