@@ -321,7 +321,7 @@ def main(argv=None):
 
     try:
         ck = load_checkpoint(args.ckpt)
-        model = MDBiGAN.from_checkpoint(args.ckpt, args.device)
+        model = MDBiGAN.from_checkpoint(ck, args.device)                # (read once)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

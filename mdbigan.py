@@ -441,11 +441,14 @@ class GaussianMixture(nn.Module):
         self.register_buffer("scale_tril", torch.eye(dim).repeat(k, 1, 1))   # Cholesky factors
 
     def set(self, weights, means, covariances):
-        """Takes a fit (e.g. sklearn's GaussianMixture(covariance_type="full")): [k], [k, D], [k, D, D]."""
+        """Takes a fit (e.g. sklearn's GaussianMixture(covariance_type="full")): [j], [j, D], [j, D, D]
+        with j <= k; components past j get weight 0."""
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.means.device)
-        self.weights.copy_(as_t(weights) / as_t(weights).sum())
-        self.means.copy_(as_t(means))
-        self.scale_tril.copy_(torch.linalg.cholesky(as_t(covariances)))
+        w, j = as_t(weights), len(weights)
+        self.weights.zero_()[:j] = w / w.sum()
+        self.means.zero_()[:j] = as_t(means)
+        self.scale_tril.copy_(torch.eye(self.means.shape[1]))
+        self.scale_tril[:j] = torch.linalg.cholesky(as_t(covariances))
 
     def sample(self, n):
         i = torch.multinomial(self.weights, n, replacement=True)
@@ -477,13 +480,15 @@ class MDBiGAN(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        """The model of a train.py checkpoint (a file, or its run folder), in eval mode."""
-        ck = load_checkpoint(path, device)
+        """The model of a train.py checkpoint (a file, its run folder, or the dict load_checkpoint
+        gave), in eval mode."""
+        ck = path if isinstance(path, dict) else load_checkpoint(path, device)
         model = cls(Config.from_dict(ck["config"]))
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as e:
-            raise ValueError(f"checkpoint {path} does not fit its own config (incompatible version?): "
+            where = "" if isinstance(path, dict) else f" {path}"
+            raise ValueError(f"checkpoint{where} does not fit its own config (incompatible version?): "
                              f"{str(e).splitlines()[0][:200]}")
         return model.to(device).eval()
 
@@ -558,6 +563,10 @@ class MDBiGAN(nn.Module):
         t_idx = torch.rand(B, self.cfg.frames, device=x.device).argsort(1)[:, :k]
         return (x, z_m_real, z_c_real), (x_fake, z_m, z_c if self.enc_c is not None else None), t_idx
 
+    def _heads(self, s_real, s_fake):
+        """(real, fake) score pairs of one discriminator: the joint head, and the unary ones if on."""
+        return list(zip(s_real, s_fake)) if self.cfg.unary else [(s_real[0], s_fake[0])]
+
     def d_loss(self, videos):
         """Discriminator loss (D_I + D_V), to minimise w.r.t. their parameters only."""
         with torch.no_grad():      # E, E_C, G and the sampler are fixed in this step
@@ -567,7 +576,7 @@ class MDBiGAN(nn.Module):
         s_fake = self._scores(xf, zm_f, zc_f, t_idx)
         logs, total = {}, 0
         for name, sr, sf in zip(("d_i", "d_v"), s_real, s_fake):
-            heads = zip(sr, sf) if self.cfg.unary else [(sr[0], sf[0])]
+            heads = self._heads(sr, sf)
             if self.cfg.loss == "hinge":
                 l = sum(F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in heads)
             else:
@@ -586,7 +595,7 @@ class MDBiGAN(nn.Module):
         (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
         s_real = self._scores(x, zm_r, zc_r, t_idx)
         s_fake = self._scores(xf, zm_f, zc_f, t_idx)
-        heads = [(a, b) for sr, sf in zip(s_real, s_fake) for a, b in (zip(sr, sf) if cfg.unary else [(sr[0], sf[0])])]
+        heads = [pair for sr, sf in zip(s_real, s_fake) for pair in self._heads(sr, sf)]
         if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
             adv = sum(a.mean() - b.mean() for a, b in heads)
         else:                      # non-saturating, labels swapped

@@ -420,12 +420,8 @@ def fit_priors(model, ds, seed, n=8000):
     for i, prior in enumerate((model.content_prior, model.eps_prior)):
         if prior is not None:
             x = torch.cat([c[i] for c in codes]).float().cpu().numpy()
-            k = min(len(prior.weights), len(x))
+            k = min(len(prior.weights), len(x))                 # (fewer videos than components)
             gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(x)
-            if k < len(prior.weights):                           # fewer videos than components
-                gm.weights_ = np.concatenate([gm.weights_, np.zeros(len(prior.weights) - k)])
-                gm.means_ = np.concatenate([gm.means_, np.zeros((len(prior.weights) - k, x.shape[1]))])
-                gm.covariances_ = np.concatenate([gm.covariances_, np.repeat(np.eye(x.shape[1])[None], len(prior.weights) - k, 0)])
             prior.set(gm.weights_, gm.means_, gm.covariances_)
     return True
 

@@ -352,3 +352,12 @@ def test_sample_uses_the_fitted_priors():
     z_c, z_m = m.sample(4)
     torch.testing.assert_close(z_c, torch.full((4, 8), 7.0), atol=0.01, rtol=0)
     assert z_m.shape == (4, m.cfg.frames, m.cfg.dim_z_m)
+
+
+def test_mixture_fitted_with_fewer_components_leaves_the_rest_unused():
+    from mdbigan import GaussianMixture
+    prior = GaussianMixture(3, 2)
+    prior.set([1.0], [[4.0, 4.0]], torch.eye(2)[None] * 1e-4)
+    torch.manual_seed(0)
+    torch.testing.assert_close(prior.sample(500), torch.full((500, 2), 4.0), atol=0.05, rtol=0)
+    assert prior.weights.tolist() == [1.0, 0.0, 0.0]
