@@ -347,15 +347,14 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     stage(f"checkpoint {args.ckpt} (step {ck.get('step')}, {cfg.size}x{cfg.size}, T={cfg.frames}, "
-          f"content encoder {cfg.content_encoder}); data {test.source}, {variant} variant")
+          f"{'where/what' if cfg.structured else 'conv'} family); data {test.source}, {variant} variant")
 
     n = len(test) if args.max_videos <= 0 else min(args.max_videos, len(test))
     items = np.arange(len(test)) if n == len(test) else np.sort(rng.choice(len(test), n, replace=False))
     videos, motions, digits = test.render(items)                 # (N, T, S, S) uint8, kept so
     dev = args.device
     z_m = batched(lambda v: model.encode_motion(to_model(v)), videos, device=dev)  # (N, T, dz_m)
-    z_c = batched(lambda v: model.encode_content(to_model(v)), videos, device=dev) \
-        if cfg.content_encoder else None
+    z_c = batched(lambda v: model.encode_content(to_model(v)), videos, device=dev)
     stage(f"encoded {n} held-out videos")
     m = dict.fromkeys(KEYS)
     m.update(code_metrics(z_m, z_c, videos, motions, digits, items // 8, rng, args.seed))
@@ -382,10 +381,9 @@ def main(argv=None):
     with torch.no_grad():   # "random" z_C: drawn from the content prior the model samples from
         zc_rand = model.sample(k, dev)[0].cpu().numpy()
         zs_c, zs_m = (t.cpu().numpy() for t in model.sample(k, dev))
-    sets = {"rec_rand": (zc_rand, z_m[idx]), "samples": (zs_c, zs_m)}
-    if z_c is not None:
-        perm = rng.permutation(k)                                # swap: A = idx, B = idx[perm]
-        sets.update(rec=(z_c[idx], z_m[idx]), swap=(z_c[idx], z_m[idx[perm]]), fix_c=(z_c[idx], zs_m))
+    perm = rng.permutation(k)                                    # swap: A = idx, B = idx[perm]
+    sets = {"rec_rand": (zc_rand, z_m[idx]), "samples": (zs_c, zs_m), "rec": (z_c[idx], z_m[idx]),
+            "swap": (z_c[idx], z_m[idx[perm]]), "fix_c": (z_c[idx], zs_m)}
     made = {name: batched(gen, *codes, device=dev) for name, codes in sets.items()}
     judged = {name: judge_videos(judge, v) for name, v in made.items()}
     motion_of = lambda v: motion_judge.predict(trajectory_features(v))
@@ -400,13 +398,12 @@ def main(argv=None):
     m["sample_speed_px"] = speed_px(made["samples"])
     m["sample_paths_in_range"] = paths_in_range(made["samples"], videos)
     m["sample_paths_in_range_1px"] = paths_in_range(made["samples"], videos, tol=1.0)
-    if z_c is not None:
-        m["recon_motion_err_px"] = motion_error(videos[idx], made["rec"])
-        m["recon_paths_in_range"] = paths_in_range(made["rec"], videos)
-        m["recon_digit_acc"] = float((label_of("rec") == digits[idx, None]).mean())
-        m["swap_digit_acc"] = float((label_of("swap") == digits[idx, None]).mean())
-        m["swap_motion_acc"] = float((motion_of(made["swap"]) == motions[idx[perm]]).mean())
-        m["fix_content_digit_acc"] = float((label_of("fix_c") == digits[idx, None]).mean())
+    m["recon_motion_err_px"] = motion_error(videos[idx], made["rec"])
+    m["recon_paths_in_range"] = paths_in_range(made["rec"], videos)
+    m["recon_digit_acc"] = float((label_of("rec") == digits[idx, None]).mean())
+    m["swap_digit_acc"] = float((label_of("swap") == digits[idx, None]).mean())
+    m["swap_motion_acc"] = float((motion_of(made["swap"]) == motions[idx[perm]]).mean())
+    m["fix_content_digit_acc"] = float((label_of("fix_c") == digits[idx, None]).mean())
     stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
 
     figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev)
@@ -432,10 +429,8 @@ def code_metrics(z_m, z_c, videos, motions, digits, groups, rng, seed):
     pix = PCA(50, random_state=seed).fit_transform(videos[sub].reshape(len(sub), -1) / 255.0)
     m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
     probes = {"probe_motion_acc": (flat, motions, groups), "probe_digit_acc": (flat, digits, groups),
-              "pixel_probe_motion_acc": (pix, motions[sub], groups[sub])}
-    if z_c is not None:
-        probes.update(content_probe_digit_acc=(z_c, digits, groups),
-                      content_probe_motion_acc=(z_c, motions, groups))
+              "pixel_probe_motion_acc": (pix, motions[sub], groups[sub]),
+              "content_probe_digit_acc": (z_c, digits, groups), "content_probe_motion_acc": (z_c, motions, groups)}
     # one process each: the probes are independent single-threaded fits
     accs = Parallel(n_jobs=min(len(probes), os.cpu_count() or 1))(delayed(probe)(*a) for a in probes.values())
     return {**m, **dict(zip(probes, accs))}
@@ -476,30 +471,26 @@ def figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev):
         fig.savefig(os.path.join(out, name), dpi=100)
         plt.close(fig)
 
-    rec = made.get("rec")
-    rows = []
-    for j in range(6):
-        rows += [real01(idx[j]), made["rec_rand"][j]] + ([rec[j]] if rec is not None else [])
-    grid(rows, "fig5_recon.png", "per video: original, G(random z_C, E(x))"
-         + (", G(E_C(x), E(x))" if rec is not None else "") + "; frames across")
+    rows = [v for j in range(6) for v in (real01(idx[j]), made["rec_rand"][j], made["rec"][j])]
+    grid(rows, "fig5_recon.png", "per video: original, G(random z_C, E(x)), G(E_C(x), E(x)); frames across")
     grid(list(made["samples"][:8]), "samples.png", "videos sampled from the priors")
     T, S = videos.shape[1:3]
     write_gif(os.path.join(out, "samples.gif"), [list(made["samples"][r * 4:r * 4 + 4]) for r in range(3)])
-    if rec is not None:
-        write_gif(os.path.join(out, "recon.gif"), [[real01(idx[j]), rec[j], made["rec_rand"][j]] for j in range(4)])
-        # content from each row's video, motion from each column's
-        pick = idx[:5]
-        with torch.no_grad():
-            cells = [[model.generate(torch.as_tensor(z_c[a:a + 1]).to(dev),
-                                     torch.as_tensor(z_m[b:b + 1]).to(dev))[0, :, 0].float().cpu().numpy()
-                      for b in pick] for a in pick]
-        blank = np.ones((T, S, S))
-        moving = [[blank] + [real01(b) for b in pick]] + [[real01(a)] + cells[i] for i, a in enumerate(pick)]
-        write_gif(os.path.join(out, "swap.gif"), moving)
-        ts = np.linspace(0, T - 1, 5).astype(int)
-        grid([np.concatenate([v[ts] for v in row]) for row in moving], "swap.png",
-             "motion transfer: first column = content source (its own video), top row = motion "
-             "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
+    write_gif(os.path.join(out, "recon.gif"),
+              [[real01(idx[j]), made["rec"][j], made["rec_rand"][j]] for j in range(4)])
+    # content from each row's video, motion from each column's
+    pick = idx[:5]
+    with torch.no_grad():
+        cells = [[model.generate(torch.as_tensor(z_c[a:a + 1]).to(dev),
+                                 torch.as_tensor(z_m[b:b + 1]).to(dev))[0, :, 0].float().cpu().numpy()
+                  for b in pick] for a in pick]
+    blank = np.ones((T, S, S))
+    moving = [[blank] + [real01(b) for b in pick]] + [[real01(a)] + cells[i] for i, a in enumerate(pick)]
+    write_gif(os.path.join(out, "swap.gif"), moving)
+    ts = np.linspace(0, T - 1, 5).astype(int)
+    grid([np.concatenate([v[ts] for v in row]) for row in moving], "swap.png",
+         "motion transfer: first column = content source (its own video), top row = motion "
+         "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
 
 
 def write_gif(path, rows, scale=None):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CHECKPOINT_VERSION = 2  # bumped when a checkpoint of an older model no longer loads
+CHECKPOINT_VERSION = 3  # bumped when a checkpoint of an older model no longer loads
 
 
 @dataclass
@@ -37,27 +37,20 @@ class Config:
     ch: int = 64                # base channel count of every conv stack (doubles per level)
     ch_max: int = 256           # cap on channels per level
     d_hidden: int = 256         # width of the discriminators' feature and joint layers
-    content_encoder: bool = True   # E_C: X -> z_C (beyond the paper); False = paper as written
     loss: str = "hinge"         # "hinge" (BigBiGAN) or "bce" (non-saturating, as the authors)
-    spectral_norm: bool = True  # spectral normalisation in D_I and D_V
     unary: bool = True          # BigBiGAN unary scores for x alone and z alone
     d_dropout: float = 0.2      # dropout in the discriminators' heads (ALI)
-    instance_noise: float = 0.0 # std of Gaussian noise on every frame the discriminators see
-    r1_gamma: float = 0.0       # R1 penalty on real images (DIGAN: ~1); 0 = off
     image_frames: int = 4       # frames per video that D_I scores, at random steps, real and fake
     adv_weight: float = 1.0     # weight of the adversarial terms in the E/G loss
-    recon_weight: float = 1.0   # reconstruction G(E_C(X), E(X)) vs X (needs content_encoder)
-    recon_loss: str = "mse"     # "mse" or "l1" (l1's per-pixel median of a sparse digit is black)
+    recon_weight: float = 1.0   # MSE of G(E_C(X), E(X)) vs X
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
-    lr: float = 2e-4            # Adam learning rate of E, E_C, G, sampler and D_I
-    lr_dv_scale: float = 1.0    # D_V's learning rate = lr * this (StyleGAN-V uses 0.1)
+    lr: float = 2e-4            # Adam learning rate of every part
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
     sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
     structured: bool = False    # the where/what family instead of the paper's conv nets
     centre_weight: float = 1.0  # structured: (canvas centre of mass - its centre)^2 in frame pixels
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
-    crisp: bool = True          # structured: whole-pixel placement on black, as the data are made
     prior_weight: float = 0.0   # fit the motion prior to E's code paths as a sequence VAE's decoder
     prior_sigma: float = 0.05   # the path fit's Gaussian std, in z_M units (~1 px at first)
     prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
@@ -77,21 +70,15 @@ class Config:
              f"size must be a power of two >= 16, got {self.size}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.prior_sigma > 0, f"prior_sigma must be > 0, got {self.prior_sigma}")
+        for k in ("lr", "prior_sigma"):
+            need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
-                  "r1_gamma", "instance_noise", "sampler_hidden", "lr_dv_scale", "prior_components",
-                  "prior_temperature"):
+                  "sampler_hidden", "prior_components", "prior_temperature"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        need(self.loss in ("hinge", "bce"), f"loss must be 'hinge' or 'bce', got {self.loss!r}")
-        need(self.recon_loss in ("mse", "l1"), f"recon_loss must be 'mse' or 'l1', got {self.recon_loss!r}")
-        need(self.sampler_backend in ("auto", "triton", "torch"),
-             f"sampler_backend must be 'auto', 'triton' or 'torch', got {self.sampler_backend!r}")
-        need(self.recon_weight == 0 or self.content_encoder, "recon_weight > 0 needs content_encoder=True")
-        need(not self.structured or self.content_encoder,
-             "structured=True needs content_encoder=True (E_C reads the glimpses)")
+        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch"))):
+            need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
 
     @classmethod
@@ -103,8 +90,8 @@ class Config:
 
 
 def load_checkpoint(path, device="cpu"):
-    """A train.py checkpoint as a dict (weights_only); ValueError with a clear message if bad.
-    A folder is taken to mean the ckpt.pt inside it."""
+    """A train.py checkpoint (a file, or the run folder holding ckpt.pt) as a dict; ValueError
+    with a clear message if it is missing, corrupt or of another format."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
@@ -150,10 +137,6 @@ def _levels(size):
     return int(math.log2(size // 4))                            # stride-2 stages down to 4x4
 
 
-def _sn(m, on):
-    return nn.utils.parametrizations.spectral_norm(m) if on else m
-
-
 def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
     """Stride-2 convs from S x S to 4 x 4 (or `levels` of them), LeakyReLU; returns (net, out_ch)."""
     Conv = nn.Conv2d if dims == 2 else nn.Conv3d
@@ -162,7 +145,8 @@ def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
     layers, c = [], in_ch
     for i in range(_levels(cfg.size) if levels is None else levels):
         c_out = min(cfg.ch * 2 ** i, cfg.ch_max)
-        layers += [_sn(Conv(c, c_out, k, s, p), sn), nn.LeakyReLU(0.2)]
+        conv = Conv(c, c_out, k, s, p)
+        layers += [nn.utils.parametrizations.spectral_norm(conv) if sn else conv, nn.LeakyReLU(0.2)]
         c = c_out
     return nn.Sequential(*layers), c
 
@@ -192,22 +176,22 @@ class UpConv(nn.Module):
 
 
 class JointDiscriminator(nn.Module):
-    """BiGAN discriminator: image features, code features, a joint head and two unary heads."""
+    """BiGAN discriminator, spectrally normalised: image features, code features, a joint head
+    and two unary heads."""
 
     def __init__(self, cfg, dim_code, video):
         super().__init__()
-        sn, h, p = cfg.spectral_norm, cfg.d_hidden, cfg.d_dropout
-        self.convs, c = conv_stack(cfg, 1, sn=sn, dims=3 if video else 2)
+        h, p = cfg.d_hidden, cfg.d_dropout
+        sn = nn.utils.parametrizations.spectral_norm
+        self.convs, c = conv_stack(cfg, 1, sn=True, dims=3 if video else 2)
         t_out = cfg.frames if video else 1
         for _ in range(_levels(cfg.size) if video else 0):
             t_out = (t_out - 1) // 2 + 1                        # the 3-D convs' stride in time
-        self.f_x = nn.Sequential(nn.Flatten(), _sn(nn.Linear(c * 16 * t_out, h), sn), nn.LeakyReLU(0.2),
-                                 nn.Dropout(p))
-        self.f_z = nn.Sequential(_sn(nn.Linear(dim_code, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
-                                 _sn(nn.Linear(h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p))
-        self.joint = nn.Sequential(_sn(nn.Linear(2 * h, h), sn), nn.LeakyReLU(0.2), nn.Dropout(p),
-                                   _sn(nn.Linear(h, 1), sn))
-        self.s_x, self.s_z = _sn(nn.Linear(h, 1), sn), _sn(nn.Linear(h, 1), sn)
+        act = lambda: [nn.LeakyReLU(0.2), nn.Dropout(p)]
+        self.f_x = nn.Sequential(nn.Flatten(), sn(nn.Linear(c * 16 * t_out, h)), *act())
+        self.f_z = nn.Sequential(sn(nn.Linear(dim_code, h)), *act(), sn(nn.Linear(h, h)), *act())
+        self.joint = nn.Sequential(sn(nn.Linear(2 * h, h)), *act(), sn(nn.Linear(h, 1)))
+        self.s_x, self.s_z = sn(nn.Linear(h, 1)), sn(nn.Linear(h, 1))
 
     def forward(self, x, code):
         """x: (N, 1, S, S) or (N, 1, T, S, S); code: (N, dim_code). Returns [joint, x, z] scores."""
@@ -225,13 +209,13 @@ class MotionSampler(nn.Module):
         self.cell = nn.GRUCell(cfg.dim_eps, H)
         self.w_m = nn.Linear(H, cfg.dim_eps, bias=False)        # weight [E, H]
         self.readout = nn.Linear(H, cfg.dim_z_m) if cfg.sampler_hidden else None
-        self.cfg = cfg
+        self.backend = cfg.sampler_backend
 
     def forward(self, eps, steps):                              # eps: (B, dim_eps)
         c = self.cell
         eps = eps.to(c.weight_hh.dtype)          # under autocast q's eps is bf16: the recurrence is not
         h = _gru_feedback(eps, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh, self.w_m.weight,
-                          steps, backend=self.cfg.sampler_backend)      # (B, T, H)
+                          steps, backend=self.backend)          # (B, T, H)
         return h if self.readout is None else torch.tanh(self.readout(h))   # (B, T, dim_z_m)
 
 
@@ -274,23 +258,25 @@ class ConvGenerator(nn.Module):
 
 
 def conv_family(cfg):
-    """(E, E_C, G) of the paper; E_C is None without the content encoder."""
-    enc_c = ConvEncoder(cfg, cfg.dim_z_c, pool_time=True) if cfg.content_encoder else None
-    return ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), enc_c, ConvGenerator(cfg)
+    """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper)."""
+    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
+            ConvGenerator(cfg))
 
 
 # ---------------------------------------------------------------- the where/what family
 # E reads only where the digit is, through a 2-number bottleneck, so z_M cannot carry which digit
 # it is (as DDPAE and AIR do for moving digits); E_C reads digit-centred glimpses at the pose that
-# z_M gives; G draws one canvas per video from z_C and places it at that pose. Translation only.
+# z_M gives; G draws one canvas per video from z_C and places it at that pose, at whole pixels on
+# black as the data are made. Translation only.
 GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
-INK = 0.25       # crisp: canvas pixels below this are background (lower left a halo the edge cut)
+DIGIT = 28 / 64  # a digit's width as a fraction of the frame, as data.py renders it
+INK = 0.25       # canvas pixels below this are background (lower left a halo the edge cut)
 
 
 def grid(pose, size, inverse):
     """(N, size, size, 2) grid_sample coordinates (align_corners=False) of a translation by pose
-    (N, 2) and a scaling by GLIMPSE: F.affine_grid's result, without its batched matrix product
-    (which took 13% of a GPU step). inverse: frame -> canvas coordinates, to place a canvas."""
+    (N, 2) and a scaling by GLIMPSE: F.affine_grid's result without its batched matrix product.
+    inverse: frame -> canvas coordinates, to place a canvas."""
     c = (torch.arange(size, device=pose.device, dtype=pose.dtype) * 2 + 1) / size - 1   # centres
     xy = torch.stack(torch.broadcast_tensors(c[None, :], c[:, None]), -1)   # (size, size, 2): x, y
     if inverse:
@@ -323,10 +309,6 @@ def canvas_offset(canvas, size):
     pos = torch.arange(c, device=canvas.device, dtype=canvas.dtype) + 0.5 - c / 2
     w = canvas[:, 0] / (canvas.sum((1, 2, 3))[:, None, None] + 1e-6)
     return torch.stack([(w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)], 1) * (GLIMPSE * size / c)
-
-
-def _canvas(size):
-    return 5 * 2 ** (_levels(size) - 1)                        # 20 at size 32: GLIMPSE * size
 
 
 class PoseMap(nn.Linear):
@@ -376,7 +358,7 @@ class GlimpseEncoder(nn.Module):
 
     def __init__(self, cfg, pose):
         super().__init__()
-        self.pose, self.size = pose, _canvas(cfg.size)         # pose: shared with G
+        self.pose, self.size = pose, round(GLIMPSE * cfg.size)  # pose: shared with G
         self.convs, c = conv_stack(cfg, 1, levels=_levels(cfg.size) - 1)     # c x c -> 5 x 5
         self.fc = nn.Linear(c * 25, cfg.dim_z_c)
 
@@ -387,30 +369,29 @@ class GlimpseEncoder(nn.Module):
 
 
 class CanvasGenerator(nn.Module):
-    """G: z_C -> one canvas per video; frame t = the canvas placed at pose(z_M(t)).
-    Crisp: placed at whole pixels on black, as the data are made (a sub-pixel shift blurs each
-    frame differently), with the smooth rendering's gradient (the crisp one has none inside a
-    pixel, so the pose would not learn)."""
+    """G: z_C -> one canvas per video; frame t = the canvas placed at pose(z_M(t)), at whole pixels
+    on black, as the data are made (a sub-pixel shift blurs each frame differently), with the
+    smooth rendering's gradient (the crisp one has none inside a pixel: the pose would not learn)."""
 
     def __init__(self, cfg, pose):
         super().__init__()
         self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
-        self.pose, self.size, self.crisp = pose, cfg.size, cfg.crisp
-        self.centre_weight = cfg.centre_weight
+        self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
+        self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # the digit box's centre stays inside
 
     def shown(self, canvas):
-        """The ink a crisp G shows: canvas pixels under INK set to 0 (the canvas as is otherwise)."""
-        return canvas * (canvas > INK) if self.crisp else canvas
+        """The ink G shows: canvas pixels under INK set to 0."""
+        return canvas * (canvas > INK)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
         B, T = z_m.shape[:2]
         canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
         canvas = canvas[:, None].expand(B, T, *canvas.shape[1:]).flatten(0, 1)
-        pose = self.pose(z_m).flatten(0, 1)                     # (B*T, 2)
-        frames = place(canvas, pose, self.size)
-        if self.crisp:                                          # straight-through
-            crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
-            frames = frames + (crisp - frames).detach()
+        # clipped as data.py clips a digit's box to the frame: a sampled path cannot overshoot
+        pose = self.pose(z_m).flatten(0, 1).clamp(-self.edge, self.edge)     # (B*T, 2)
+        smooth = place(canvas, pose, self.size)
+        crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
+        frames = smooth + (crisp - smooth).detach()             # straight-through
         return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
 
     def penalties(self, z_c):
@@ -470,13 +451,11 @@ class MDBiGAN(nn.Module):
         self.prior_enc = nn.Sequential(
             nn.Linear(cfg.frames * cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
             nn.Linear(cfg.d_hidden, 2 * cfg.dim_eps)) if cfg.prior_weight > 0 else None
-        k = cfg.prior_components   # fitted by fit_priors; until then both are N(0, I)
-        t = cfg.prior_temperature
+        k, t = cfg.prior_components, cfg.prior_temperature   # fitted by train.fit_priors
         self.content_prior = GaussianMixture(k, cfg.dim_z_c, t) if k else None
         self.eps_prior = GaussianMixture(k, cfg.dim_eps, t) if k and self.prior_enc is not None else None
-        dim_c = cfg.dim_z_c if cfg.content_encoder else 0
-        self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + dim_c, video=False)  # D_I
-        self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + dim_c, video=True)  # D_V
+        self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + cfg.dim_z_c, video=False)  # D_I
+        self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + cfg.dim_z_c, video=True)
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -505,9 +484,7 @@ class MDBiGAN(nn.Module):
         return self.enc(self._check(videos))
 
     def encode_content(self, videos):
-        """videos [B, T, 1, S, S] in [0, 1] -> z_C [B, dim_z_c] (needs the content encoder)."""
-        if self.enc_c is None:
-            raise RuntimeError("this model has no content encoder (Config.content_encoder=False)")
+        """videos [B, T, 1, S, S] in [0, 1] -> z_C [B, dim_z_c]."""
         x = self._check(videos)
         return self.enc_c(x, self.enc(x))
 
@@ -535,24 +512,20 @@ class MDBiGAN(nn.Module):
     # ------------------------------------------------------------------ losses
     def _scores(self, x, z_m, z_c, t_idx):
         """D_I on frames t_idx (B, k) and D_V on whole videos; lists of score tensors."""
-        if self.cfg.instance_noise > 0:
-            x = x + self.cfg.instance_noise * torch.randn_like(x)
         b_idx = torch.arange(x.shape[0], device=x.device)[:, None]
         frames = x[b_idx, t_idx].flatten(0, 1)                  # (B*k, 1, S, S)
         codes = z_m[b_idx, t_idx].flatten(0, 1)                 # (B*k, dim_z_m)
-        vcode = z_m.flatten(1)                                  # (B, T*dim_z_m)
-        if z_c is not None:
-            codes = torch.cat([codes, z_c.repeat_interleave(t_idx.shape[1], 0)], 1)
-            vcode = torch.cat([vcode, z_c], 1)
+        codes = torch.cat([codes, z_c.repeat_interleave(t_idx.shape[1], 0)], 1)
+        vcode = torch.cat([z_m.flatten(1), z_c], 1)             # (B, T*dim_z_m + dim_z_c)
         return self.disc_image(frames, codes), self.disc_video(x.transpose(1, 2), vcode)
 
     def _pairs(self, videos):
-        """Real pairs (x, E(x), E_C(x)) and fake pairs (G(z), z_M, z_C), in [-1, 1]; z_C is None
-        without the content encoder. t_idx: D_I's random steps, the same for real and fake."""
+        """Real pairs (x, E(x), E_C(x)) and fake pairs (G(z), z_M, z_C), in [-1, 1]; t_idx: D_I's
+        random steps, the same for real and fake."""
         x = self._check(videos)
         B = x.shape[0]
         z_m_real = self.enc(x)
-        z_c_real = self.enc_c(x, z_m_real) if self.enc_c is not None else None
+        z_c_real = self.enc_c(x, z_m_real)
         # the training prior is N(0, I); the mixtures fitted after training are for sample() alone
         z_c = torch.randn(B, self.cfg.dim_z_c, device=x.device)
         z_m = self.sampler(torch.randn(B, self.cfg.dim_eps, device=x.device), self.cfg.frames)
@@ -561,63 +534,49 @@ class MDBiGAN(nn.Module):
         x_fake = self.gen(z_c, z_m)
         k = min(self.cfg.image_frames, self.cfg.frames)
         t_idx = torch.rand(B, self.cfg.frames, device=x.device).argsort(1)[:, :k]
-        return (x, z_m_real, z_c_real), (x_fake, z_m, z_c if self.enc_c is not None else None), t_idx
+        return (x, z_m_real, z_c_real), (x_fake, z_m, z_c), t_idx
 
     def _heads(self, s_real, s_fake):
-        """(real, fake) score pairs of one discriminator: the joint head, and the unary ones if on."""
-        return list(zip(s_real, s_fake)) if self.cfg.unary else [(s_real[0], s_fake[0])]
+        """(real, fake) score pairs of D_I and D_V: the joint heads, and the unary ones if on."""
+        return [(a, b) for sr, sf in zip(s_real, s_fake)
+                for a, b in (zip(sr, sf) if self.cfg.unary else [(sr[0], sf[0])])]
 
     def d_loss(self, videos):
         """Discriminator loss (D_I + D_V), to minimise w.r.t. their parameters only."""
         with torch.no_grad():      # E, E_C, G and the sampler are fixed in this step
             (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
-        x = x.requires_grad_(self.cfg.r1_gamma > 0)
-        s_real = self._scores(x, zm_r, zc_r, t_idx)
-        s_fake = self._scores(xf, zm_f, zc_f, t_idx)
-        logs, total = {}, 0
-        for name, sr, sf in zip(("d_i", "d_v"), s_real, s_fake):
-            heads = self._heads(sr, sf)
-            if self.cfg.loss == "hinge":
-                l = sum(F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in heads)
-            else:
-                l = sum(F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads)
-            logs[name], total = l.detach(), total + l
-        if self.cfg.r1_gamma > 0:   # R1 on the joint and image scores of real frames
-            g, = torch.autograd.grad(sum(s.sum() for ss in s_real for s in ss[:2]), x, create_graph=True)
-            r1 = 0.5 * self.cfg.r1_gamma * g.pow(2).flatten(1).sum(1).mean()
-            total, logs["r1"] = total + r1, r1.detach()
-        return total, logs
+        heads = self._heads(self._scores(x, zm_r, zc_r, t_idx), self._scores(xf, zm_f, zc_f, t_idx))
+        n = len(heads) // 2                                     # D_I's heads, then D_V's
+        if self.cfg.loss == "hinge":
+            terms = [F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in heads]
+        else:
+            terms = [F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads]
+        d_i, d_v = sum(terms[:n]), sum(terms[n:])
+        return d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
 
     def eg_loss(self, videos):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
         reconstruction and latent consistency terms, the family's penalties and the prior fit."""
         cfg = self.cfg
         (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
-        s_real = self._scores(x, zm_r, zc_r, t_idx)
-        s_fake = self._scores(xf, zm_f, zc_f, t_idx)
-        heads = [pair for sr, sf in zip(s_real, s_fake) for pair in self._heads(sr, sf)]
+        heads = self._heads(self._scores(x, zm_r, zc_r, t_idx), self._scores(xf, zm_f, zc_f, t_idx))
         if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
             adv = sum(a.mean() - b.mean() for a, b in heads)
         else:                      # non-saturating, labels swapped
             adv = sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)
         logs, total = {"g": adv.detach()}, cfg.adv_weight * adv
         if cfg.recon_weight > 0:
-            diff = self.gen(zc_r, zm_r) - x
-            rec = diff.pow(2).mean() if cfg.recon_loss == "mse" else diff.abs().mean()
+            rec = (self.gen(zc_r, zm_r) - x).pow(2).mean()
             total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
-        if zc_r is not None:
-            for name, term in self.gen.penalties(zc_r).items():
-                total, logs[name] = total + term, term.detach()
+        for name, term in self.gen.penalties(zc_r).items():
+            total, logs[name] = total + term, term.detach()
         if cfg.latent_weight > 0:
             # trains E, E_C and G, not the prior (its codes detached, G run again on them): into
             # the sampler this term outweighed the adversarial one
-            zm_f = zm_f.detach()
-            zc_g = zc_f.detach() if zc_f is not None else torch.randn(len(zm_f), cfg.dim_z_c, device=zm_f.device)
-            xf = self.gen(zc_g, zm_f)
+            zm_f, zc_f = zm_f.detach(), zc_f.detach()
+            xf = self.gen(zc_f, zm_f)
             zm_rec = self.enc(xf)
-            lat = (zm_rec - zm_f).abs().mean()
-            if self.enc_c is not None:
-                lat = lat + (self.enc_c(xf, zm_rec) - zc_g).abs().mean()
+            lat = (zm_rec - zm_f).abs().mean() + (self.enc_c(xf, zm_rec) - zc_f).abs().mean()
             total, logs["lat"] = total + cfg.latent_weight * lat, lat.detach()
         if self.prior_enc is not None:                          # trains the sampler and q only
             prior = self.prior_fit(zm_r.detach())
@@ -643,10 +602,10 @@ class MDBiGAN(nn.Module):
         raise ValueError(f"step must be 'd' or 'eg', got {step!r}")
 
     def d_parameters(self):
-        """(D_I's, D_V's) parameters: D_V may get its own learning rate."""
-        return list(self.disc_image.parameters()), list(self.disc_video.parameters())
+        """D_I's and D_V's parameters."""
+        return list(self.disc_image.parameters()) + list(self.disc_video.parameters())
 
     def eg_parameters(self):
         """Every other parameter: E, E_C, G, the sampler and q (each once, shared ones too)."""
-        d = {id(p) for p in self.disc_image.parameters()} | {id(p) for p in self.disc_video.parameters()}
+        d = {id(p) for p in self.d_parameters()}
         return [p for p in self.parameters() if id(p) not in d]

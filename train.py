@@ -161,9 +161,7 @@ def build(cfg, device, channels_last=False, seed=0):
             m.to(memory_format=torch.channels_last_3d)
     fused = {"fused": True} if device.type == "cuda" else {}
     betas = (cfg.beta1, cfg.beta2)
-    d_img, d_vid = model.d_parameters()
-    opt_d = torch.optim.Adam([{"params": d_img}, {"params": d_vid, "lr": cfg.lr * cfg.lr_dv_scale}],
-                             cfg.lr, betas=betas, **fused)
+    opt_d = torch.optim.Adam(model.d_parameters(), cfg.lr, betas=betas, **fused)
     opt_eg = torch.optim.Adam(model.eg_parameters(), cfg.lr, betas=betas, **fused)
     return model, opt_d, opt_eg
 
@@ -449,12 +447,11 @@ def samples(model, ds, autocast, path, step):
         torch.manual_seed(step)
         fake = model.generate(*model.sample(4, device)).float()
         real = to_videos(ds.render((np.arange(4) * 8 * 997 + np.arange(4)) % len(ds))[0], device)
-        rec = model.generate(model.encode_content(real), model.encode_motion(real)).float() \
-            if model.enc_c is not None else None
+        rec = model.generate(model.encode_content(real), model.encode_motion(real)).float()
     model.train()
     rows = [(f"sample {i + 1}", v) for i, v in enumerate(fake)]
     for i, x in enumerate(real):
-        rows += [(f"real {i + 1}", x)] + ([("recon", rec[i])] if rec is not None else [])
+        rows += [(f"real {i + 1}", x), ("recon", rec[i])]
     plt = _plt()
     S, T = real.shape[-1], real.shape[1]
     fig, axes = plt.subplots(len(rows), 1, figsize=(T * 0.5, len(rows) * 0.55 + 0.4), squeeze=False)
@@ -474,7 +471,7 @@ def plot_losses(jsonl_path, png):
         return
     plt = _plt()
     keys = [k for k in rows[-1] if k not in ("step", "ms")]
-    adv = [k for k in keys if k in ("d_i", "d_v", "g", "r1")]
+    adv = [k for k in keys if k in ("d_i", "d_v", "g")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, ks, title in zip(axes, (adv, [k for k in keys if k not in adv]),
                              ("adversarial", "reconstruction and consistency (log)")):

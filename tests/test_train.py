@@ -103,7 +103,7 @@ def test_zero_steps_is_a_clear_error(tmp_path, mnist_dir, capsys):
 
 @pytest.mark.parametrize("setting,message", [
     pytest.param("loss=wasserstein", "loss must be", id="bad-choice"),
-    pytest.param("crisp=ture", "crisp is true or false", id="bad-bool"),
+    pytest.param("unary=ture", "unary is true or false", id="bad-bool"),
     pytest.param("lr=-1", "lr must be > 0", id="negative-lr"),
     pytest.param("lr=fast", "lr must be float", id="not-a-number"),
     pytest.param("nonsense=1", "expected FIELD=VALUE", id="unknown-field"),
