@@ -1,26 +1,34 @@
 """Benchmark of the fused GRU-with-feedback kernel against the loops people write instead.
 
-Rows, for each (B, H, steps) and for the forward and forward+backward:
+Rows, for each (B, H, steps) and for the forward and forward+backward, in ms:
   eager     a Python loop of nn.GRUCell + nn.Linear (what MoCoGAN-style code does)
-  compiled  the same loop under torch.compile(mode="reduce-overhead") (CUDA graphs); compiling
-            every shape takes long, so by default only a few shapes (--compile-all for all)
-  fused     kernels.gru_feedback(backend="triton"): one launch forward, one backward (+ GEMMs)
-  empty     an empty Triton kernel launch: the floor of any one-launch implementation
-Times are medians of triton.testing.do_bench (quantiles 0.2 and 0.8 shown), warm-up and
-compilation excluded; speed-ups are eager / fused and compiled / fused.
+  compiled  the same loop under torch.compile(mode="reduce-overhead"), which replays it in a CUDA
+            graph; compiling every shape takes long, so by default only a few (--compile-all)
+  fused     kernels.gru_feedback(backend="triton") as users call it, eagerly: host time included
+  graph     the same fused call replayed in a CUDA graph: the GPU's time without the host's
+  kernel    the fused forward kernel's own GPU time (torch.profiler), in us
+Times are medians of triton.testing.do_bench (the fused row's quantiles 0.2 and 0.8 shown),
+warm-up and compilation excluded; speed-ups are eager / fused and compiled / fused.
 
 Usage:
     python -m kernels.bench                  # the full table on a GPU; the reference on a CPU
     python -m kernels.bench --quick          # B in {64, 1024}, H in {16, 128}, steps 20
     python -m kernels.bench --compile-all    # compiled rows for every shape (slow to compile)
+    python -m kernels.bench --precision tf32 # the kernels' opt-in TF32 products
+    python -m kernels.bench --tune           # measure BLOCK_B, num_warps, hoisting per H: prints
+                                             # the FWD_TUNING / BWD_TUNING tables to paste
 """
 import argparse
+import importlib
+import itertools
 import platform
 import time
 
 import torch
 
 from kernels.gru_feedback import gru_feedback
+
+kg = importlib.import_module("kernels.gru_feedback")   # the module (the package exports the function)
 
 
 def make_modules(B, H, E, device):
@@ -41,9 +49,71 @@ def eager_loop(cell, lin, eps, steps):
     return torch.stack(out, 1)
 
 
-def fused(cell, lin, eps, steps):
+def fused(cell, lin, eps, steps, precision="ieee"):
     return gru_feedback(eps, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
-                        lin.weight, steps, backend="triton")
+                        lin.weight, steps, backend="triton", precision=precision)
+
+
+def cuda_graph(run):
+    """run() captured once in a CUDA graph (after a warm-up on a side stream); returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def kernel_us(run, name="_fwd_kernel", n=20):
+    """The mean GPU time of the kernel `name` over n calls of run(), from torch.profiler, in us."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            run()
+        torch.cuda.synchronize()
+    hits = [e for e in prof.key_averages() if name in e.key]
+    return sum(e.device_time_total for e in hits) / max(1, sum(e.count for e in hits))
+
+
+def tune(precision, Bs=(64, 1024), steps=20):
+    """For each padded H, the (BLOCK_B, num_warps, hoist) of the forward and of the backward with
+    the least summed median time over Bs; prints the tables. Configurations that fail to compile
+    (registers, shared memory) are skipped."""
+    import triton
+    tables = {"FWD_TUNING": dict(kg.FWD_TUNING), "BWD_TUNING": dict(kg.BWD_TUNING)}
+    for H in (16, 32, 64, 128):
+        for name in tables:
+            best = None
+            for cand in itertools.product((16, 32, 64), (1, 2, 4, 8), (True, False)):
+                getattr(kg, name)[H] = cand
+                total = 0.0
+                try:
+                    for B in Bs:
+                        cell, lin, eps = make_modules(B, H, H, "cuda")
+                        if name == "FWD_TUNING":
+                            def run():
+                                with torch.no_grad():
+                                    fused(cell, lin, eps, steps, precision)
+                        else:
+                            def run():
+                                fused(cell, lin, eps, steps, precision).sum().backward()
+                        total += triton.testing.do_bench(run)
+                except Exception as e:  # noqa: BLE001 -- a configuration that does not compile
+                    print(f"H={H} {name} {cand}: skipped ({type(e).__name__})")
+                    continue
+                print(f"H={H} {name} BLOCK_B={cand[0]} num_warps={cand[1]} hoist={cand[2]}: "
+                      f"{total:.3f} ms over B in {Bs}", flush=True)
+                if best is None or total < best[0]:
+                    best = (total, cand)
+            tables[name][H] = best[1]
+            getattr(kg, name)[H] = best[1]      # the backward is tuned with the best forward
+    print(f"\n# measured on {torch.cuda.get_device_name()}, steps {steps}, precision {precision}")
+    for name, table in tables.items():
+        print(f"{name} = {table}")
 
 
 def main(argv=None):
@@ -51,6 +121,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--compile-all", action="store_true", help="compiled rows for every shape")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--precision", choices=["ieee", "tf32"], default="ieee",
+                   help="the fused kernels' matrix products (default: exact fp32)")
+    p.add_argument("--tune", action="store_true", help="measure the launch tables instead")
     args = p.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -71,6 +144,8 @@ def main(argv=None):
         return
 
     import triton
+    if args.tune:
+        return tune(args.precision)
 
     @triton.jit
     def _empty_kernel(p):
@@ -86,8 +161,8 @@ def main(argv=None):
     t_empty = triton.testing.do_bench(lambda: _empty_kernel[(1,)](dummy), quantiles=q)
     print(f"empty Triton launch: {t_empty[0] * 1e3:.1f} us (p20 {t_empty[1] * 1e3:.1f}, "
           f"p80 {t_empty[2] * 1e3:.1f})\n")
-    hdr = (f"{'B':>5} {'H':>4} {'T':>3} {'mode':8} | {'eager ms':>9} {'compiled ms':>11} "
-           f"{'fused ms':>9} [p20-p80]       | {'x eager':>8} {'x compiled':>10} {'x empty':>8}")
+    hdr = (f"{'B':>5} {'H':>4} {'T':>3} {'mode':8} | {'eager':>8} {'compiled':>8} {'fused':>8} "
+           f"[p20-p80]       {'graph':>8} {'kernel us':>9} | {'x eager':>7} {'x compiled':>10}")
     print(hdr)
     print("-" * len(hdr))
     for steps in Ts:
@@ -95,8 +170,9 @@ def main(argv=None):
             for B in Bs:
                 cell, lin, eps = make_modules(B, H, H, "cuda")
                 want_compile = not args.no_compile and (args.compile_all or (B, H, steps) in compile_at)
+                fuse = lambda c, l, e, s: fused(c, l, e, s, args.precision)
                 for mode in ("fwd", "fwd+bwd"):
-                    def bench(fn):
+                    def runner(fn):
                         if mode == "fwd":
                             def run():
                                 with torch.no_grad():
@@ -104,22 +180,24 @@ def main(argv=None):
                         else:
                             def run():
                                 fn(cell, lin, eps, steps).sum().backward()
-                        return triton.testing.do_bench(run, quantiles=q)
-                    t_eager = bench(eager_loop)
-                    t_fused = bench(fused)
+                        return run
+                    bench = lambda run: triton.testing.do_bench(run, quantiles=q)
+                    t_eager = bench(runner(eager_loop))
+                    t_fused = bench(runner(fuse))
+                    t_graph = bench(cuda_graph(runner(fuse)))
+                    k_us = kernel_us(runner(fuse)) if mode == "fwd" else None
                     t_comp = None
                     if want_compile:
                         torch.compiler.reset()
-                        comp = torch.compile(eager_loop, mode="reduce-overhead")
-                        t_comp = bench(comp)
-                    comp_s = f"{t_comp[0]:11.3f}" if t_comp else f"{'-':>11}"
+                        t_comp = bench(runner(torch.compile(eager_loop, mode="reduce-overhead")))
+                    comp_s = f"{t_comp[0]:8.3f}" if t_comp else f"{'-':>8}"
                     comp_x = f"{t_comp[0] / t_fused[0]:10.1f}" if t_comp else f"{'-':>10}"
-                    print(f"{B:5d} {H:4d} {steps:3d} {mode:8} | {t_eager[0]:9.3f} {comp_s} "
-                          f"{t_fused[0]:9.3f} [{t_fused[1]:.3f}-{t_fused[2]:.3f}] | "
-                          f"{t_eager[0] / t_fused[0]:8.1f} {comp_x} "
-                          f"{t_fused[0] / t_empty[0]:8.1f}", flush=True)
-    print(f"\nx eager / x compiled: speed-up of the fused kernel; x empty: fused time in units of "
-          f"an empty launch ({dev})")
+                    k_s = f"{k_us:9.1f}" if k_us is not None else f"{'-':>9}"
+                    print(f"{B:5d} {H:4d} {steps:3d} {mode:8} | {t_eager[0]:8.3f} {comp_s} "
+                          f"{t_fused[0]:8.3f} [{t_fused[1]:.3f}-{t_fused[2]:.3f}] {t_graph[0]:8.3f} "
+                          f"{k_s} | {t_eager[0] / t_fused[0]:7.1f} {comp_x}", flush=True)
+    print(f"\nx eager / x compiled: speed-up of the fused call as users make it; precision "
+          f"{args.precision}; {dev}")
 
 
 if __name__ == "__main__":

@@ -2,18 +2,18 @@
 
     h(0) = 0,  e(1) = eps,  h(t) = GRUCell(e(t), h(t-1)),  z(t) = h(t),  e(t+1) = W_m h(t)
 
-Eager PyTorch runs this as a Python loop of ~10 small kernels per step, and cuDNN's GRU cannot
-express the feedback. Here the whole recurrence is one launch forward and one backward: each
-program owns BLOCK_B rows of the batch and walks all steps with its state in registers and, when
-they fit (HOIST), the weights too. State and accumulation are fp32; tl.dot runs in IEEE fp32.
-
-Backward: the kernel walks the steps in reverse, recomputing the gates from the saved outputs z,
-and writes the gate pre-activation gradients [B, T, 4H]. The weight gradients are then plain
-matrix products over (B, T) -- deterministic (no atomics) and as fast as cuBLAS gets.
+Eager PyTorch runs this as a Python loop of ~10 small kernels per step (cuDNN's GRU cannot express
+the feedback). Here forward and backward are one launch each: a program owns BLOCK_B rows of the
+batch and walks all steps with its state, and when they fit (HOIST) the weights, in registers.
+One matrix product per step: the feedback has no bias, so for t >= 2 W_ih e(t) = W_c h(t-1) with
+W_c = W_ih W_m, and every gate comes from h(t-1) through the four [H, H] blocks of [W_c; W_hh].
+The backward recomputes the gates from the saved z in reverse, sums each weight's and bias's
+gradient over its rows in registers, recovers dW_ih = dW_c W_m^T + (step 1's term) and
+dW_m = W_ih^T dW_c, and writes one partial sum per program; the host adds them (no atomics).
 
 Layers, as in fla-org/flash-linear-attention: `gru_feedback_ref` (the readable PyTorch spec),
-`_fwd_kernel`/`_bwd_kernel` -> host functions -> custom operators `mdbigan::gru_feedback_fwd/_bwd`
-(torch.library, with an autograd formula: no graph break under torch.compile) -> `gru_feedback`.
+`_fwd_kernel`/`_bwd_kernel` -> `torch.library.triton_op`s `mdbigan::gru_feedback_fwd/_bwd` with an
+autograd formula -> `gru_feedback`.
 
 Usage:
     from kernels import gru_feedback
@@ -30,6 +30,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from torch.library import wrap_triton
 except ImportError:  # the reference backend still works
     triton = None
 
@@ -67,224 +68,299 @@ if triton is not None:
         return tl.where(x >= 0, y, -y)
 
     @triton.jit
-    def _load_mat(p, ROWS, COLS, stride, n_rows, n_cols, TRANS: tl.constexpr):
-        """Loads a [n_rows, n_cols] row-major matrix into a padded block (transposed if TRANS)."""
-        if TRANS:
-            i_c, i_r = tl.arange(0, COLS)[:, None], tl.arange(0, ROWS)[None, :]
-        else:
-            i_r, i_c = tl.arange(0, ROWS)[:, None], tl.arange(0, COLS)[None, :]
-        return tl.load(p + i_r * stride + i_c, mask=(i_r < n_rows) & (i_c < n_cols), other=0.0)
+    def _load_t(p, n_out, n_in, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
+        """Row-major [n_out, n_in] weight at p as a zero-padded [BLOCK_IN, BLOCK_OUT] block, W^T,
+        so that x @ block = x @ W^T."""
+        i_in = tl.arange(0, BLOCK_IN)[:, None]
+        i_out = tl.arange(0, BLOCK_OUT)[None, :]
+        return tl.load(p + i_out * n_in + i_in, mask=(i_in < n_in) & (i_out < n_out), other=0.0)
 
     @triton.jit
-    def _mm(b_x, w, p_w, ROWS: tl.constexpr, COLS: tl.constexpr, stride, n_rows, n_cols,
-            TRANS: tl.constexpr, HOIST: tl.constexpr):
-        """b_x @ w. With HOIST, w is the block already in registers; else it is loaded here, right
-        before its one use, so that only one weight block at a time needs shared memory."""
-        if not HOIST:
-            w = _load_mat(p_w, ROWS, COLS, stride, n_rows, n_cols, TRANS)
-        return tl.dot(b_x, w, input_precision="ieee")
+    def _folded(p_wc, p_whh, H, BH: tl.constexpr):
+        """The four [BH, BH] blocks (W^T) through which h(t-1) gives every gate at t >= 2:
+        W_c,r + W_hh,r; W_c,z + W_hh,z; W_c,n (input side of n); W_hh,n (state side of n)."""
+        w_r = (_load_t(p_wc, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH)
+               + _load_t(p_whh, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH))
+        w_z = (_load_t(p_wc + H * H, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH)
+               + _load_t(p_whh + H * H, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH))
+        w_n = _load_t(p_wc + 2 * H * H, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH)
+        w_hn = _load_t(p_whh + 2 * H * H, n_out=H, n_in=H, BLOCK_OUT=BH, BLOCK_IN=BH)
+        return w_r, w_z, w_n, w_hn
+
+    @triton.jit
+    def _input_blocks(p_wih, H, E, BH: tl.constexpr, BE: tl.constexpr):
+        """W_ir^T, W_iz^T, W_in^T as [BE, BH] blocks: step 1's weights on eps."""
+        w_ir = _load_t(p_wih, n_out=H, n_in=E, BLOCK_OUT=BH, BLOCK_IN=BE)
+        w_iz = _load_t(p_wih + H * E, n_out=H, n_in=E, BLOCK_OUT=BH, BLOCK_IN=BE)
+        w_in = _load_t(p_wih + 2 * H * E, n_out=H, n_in=E, BLOCK_OUT=BH, BLOCK_IN=BE)
+        return w_ir, w_iz, w_in
 
     @triton.jit
     def _biases(p_bih, p_bhh, i_h, H):
-        """b_ir + b_hr, b_iz + b_hz, b_in, b_hn as [1, BH] rows (b_hn stays apart: reset gate)."""
+        """[1, BH] rows: b_ir + b_hr, b_iz + b_hz (summed as their gates are), b_in, and b_hn
+        (apart: the reset gate scales it)."""
         m = i_h < H
-        b_ir = tl.load(p_bih + i_h, mask=m, other=0.0) + tl.load(p_bhh + i_h, mask=m, other=0.0)
-        b_iz = tl.load(p_bih + H + i_h, mask=m, other=0.0) + tl.load(p_bhh + H + i_h, mask=m, other=0.0)
+        b_r = tl.load(p_bih + i_h, mask=m, other=0.0) + tl.load(p_bhh + i_h, mask=m, other=0.0)
+        b_z = tl.load(p_bih + H + i_h, mask=m, other=0.0) + tl.load(p_bhh + H + i_h, mask=m, other=0.0)
         b_in = tl.load(p_bih + 2 * H + i_h, mask=m, other=0.0)
-        b_hn = tl.load(p_bhh + 2 * H + i_h, mask=m, other=0.0)
-        return b_ir, b_iz, b_in, b_hn
+        return b_r, b_z, b_in, tl.load(p_bhh + 2 * H + i_h, mask=m, other=0.0)
 
-    @triton.jit
-    def _gates(b_e, b_h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in, b_hn, p_wih, p_whh,
-               H, E, BH: tl.constexpr, BE: tl.constexpr, HOIST: tl.constexpr):
-        """One GRUCell step from e(t) and h(t-1): gates r, z (called u), n, and W_hn h + b_hn."""
-        r = _sigmoid(_mm(b_e, w_ir, p_wih, BH, BE, E, H, E, True, HOIST)
-                     + _mm(b_h, w_hr, p_whh, BH, BH, H, H, H, True, HOIST) + b_ir)
-        u = _sigmoid(_mm(b_e, w_iz, p_wih + H * E, BH, BE, E, H, E, True, HOIST)
-                     + _mm(b_h, w_hz, p_whh + H * H, BH, BH, H, H, H, True, HOIST) + b_iz)
-        g_hn = _mm(b_h, w_hn, p_whh + 2 * H * H, BH, BH, H, H, H, True, HOIST) + b_hn
-        n = _tanh(_mm(b_e, w_in, p_wih + 2 * H * E, BH, BE, E, H, E, True, HOIST) + b_in + r * g_hn)
-        return r, u, n, g_hn
-
-    @triton.jit
-    def _weights(p_wih, p_whh, p_wm, H, E, BH: tl.constexpr, BE: tl.constexpr):
-        """The nine weight blocks, transposed for `x @ w`: [BE, BH] x3, [BH, BH] x3, [BH, BE]."""
-        w_ir = _load_mat(p_wih, BH, BE, E, H, E, True)
-        w_iz = _load_mat(p_wih + H * E, BH, BE, E, H, E, True)
-        w_in = _load_mat(p_wih + 2 * H * E, BH, BE, E, H, E, True)
-        w_hr = _load_mat(p_whh, BH, BH, H, H, H, True)
-        w_hz = _load_mat(p_whh + H * H, BH, BH, H, H, H, True)
-        w_hn = _load_mat(p_whh + 2 * H * H, BH, BH, H, H, H, True)
-        w_m = _load_mat(p_wm, BE, BH, H, E, H, True)
-        return w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m
-
-    @triton.jit
+    @triton.jit(do_not_specialize=["B", "T"])   # a new batch size or length: no recompile
     def _fwd_kernel(
         p_eps,   # [B, E] fp32: e(1)
-        p_wih,   # [3H, E] fp32: GRUCell.weight_ih (r, z, n)
+        p_wih,   # [3H, E] fp32: GRUCell.weight_ih (gates r, z, n)
         p_whh,   # [3H, H] fp32: GRUCell.weight_hh
-        p_bih,   # [3H] fp32
-        p_bhh,   # [3H] fp32
-        p_wm,    # [E, H] fp32: feedback weight
+        p_bih, p_bhh,   # [3H] fp32 each: GRUCell.bias_ih, bias_hh
+        p_wc,    # [3H, H] fp32: W_ih @ W_m, the input gates' weight on h(t-1)
         p_z,     # [B, T, H] fp32 out: h(1..T)
         B, T, H, E,
         BLOCK_B: tl.constexpr, BH: tl.constexpr, BE: tl.constexpr, HOIST: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         i_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)[:, None]   # (BLOCK_B, 1)
         i_h = tl.arange(0, BH)[None, :]
         i_e = tl.arange(0, BE)[None, :]
         m_h = (i_b < B) & (i_h < H)
-        b_e = tl.load(p_eps + i_b * E + i_e, mask=(i_b < B) & (i_e < E), other=0.0)
-        b_h = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
-        b_ir, b_iz, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
-        if HOIST:  # weights stay in registers for all steps
-            w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = _weights(p_wih, p_whh, p_wm, H, E, BH, BE)
-        else:      # too big for registers: each block is reloaded (L1/L2-resident) at its use
-            w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = 0, 0, 0, 0, 0, 0, 0
-        for t in range(T):
-            r, u, n, g_hn = _gates(b_e, b_h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in,
-                                   b_hn, p_wih, p_whh, H, E, BH, BE, HOIST)
-            b_h = (1.0 - u) * n + u * b_h
-            b_h = tl.where(i_h < H, b_h, 0.0)       # keep the padding exactly zero
-            tl.store(p_z + i_b * T * H + t * H + i_h, b_h.to(p_z.dtype.element_ty), mask=m_h)
-            b_e = _mm(b_h, w_m, p_wm, BE, BH, H, E, H, True, HOIST)
+        p_zb = p_z + i_b * T * H + i_h                            # row i_b of z, step 0
+        b_r, b_z, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
+
+        # step 1: h(0) = 0, so the state's products vanish and eps is the input
+        b_eps = tl.load(p_eps + i_b * E + i_e, mask=(i_b < B) & (i_e < E), other=0.0)
+        w_ir, w_iz, w_in = _input_blocks(p_wih, H, E, BH=BH, BE=BE)
+        r, u, n = _gates(b_eps, w_ir, w_iz, w_in, b_hn, b_r, b_z, b_in, PRECISION)
+        b_h = tl.where(m_h, (1.0 - u) * n, 0.0)                   # padding kept exactly zero
+        tl.store(p_zb, b_h.to(p_z.dtype.element_ty), mask=m_h)
+
+        if HOIST:  # the four blocks stay in registers for all steps
+            hw_r, hw_z, hw_n, hw_hn = _folded(p_wc, p_whh, H, BH=BH)
+        for t in range(1, T):
+            if HOIST:
+                w_r, w_z, w_n, w_hn = hw_r, hw_z, hw_n, hw_hn
+            else:  # too big for registers: reloaded at each step (L1/L2-resident)
+                w_r, w_z, w_n, w_hn = _folded(p_wc, p_whh, H, BH=BH)
+            g_hn = tl.dot(b_h, w_hn, input_precision=PRECISION) + b_hn
+            r, u, n = _gates(b_h, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION)
+            b_h = tl.where(m_h, (1.0 - u) * n + u * b_h, 0.0)
+            tl.store(p_zb + t * H, b_h.to(p_z.dtype.element_ty), mask=m_h)
 
     @triton.jit
+    def _gates(x, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION: tl.constexpr):
+        """r, z (called u) and n of one step, from x through three [BX, BH] blocks (W^T);
+        g_hn = W_hn h(t-1) + b_hn, the state side of n, which the reset gate scales."""
+        r = _sigmoid(tl.dot(x, w_r, input_precision=PRECISION) + b_r)
+        u = _sigmoid(tl.dot(x, w_z, input_precision=PRECISION) + b_z)
+        return r, u, _tanh(tl.dot(x, w_n, input_precision=PRECISION) + b_in + r * g_hn)
+
+    @triton.jit
+    def _gate_grads(b_dh, b_hp, r, u, n, g_hn, m_h):
+        """Gradients of the pre-activations of r, z (u), n's input side and n's state side, from
+        the gradient b_dh flowing into h(t); zero on padding."""
+        d_n = tl.where(m_h, b_dh * (1.0 - u) * (1.0 - n * n), 0.0)
+        d_u = tl.where(m_h, b_dh * (b_hp - n) * u * (1.0 - u), 0.0)
+        d_r = tl.where(m_h, d_n * g_hn * r * (1.0 - r), 0.0)
+        return d_r, d_u, d_n, d_n * r
+
+    @triton.jit
+    def _outer(d, x, PRECISION: tl.constexpr):
+        """d^T @ x over the block's rows: [BH, BLOCK_B] @ [BLOCK_B, BX]."""
+        return tl.dot(tl.trans(d), x, input_precision=PRECISION)
+
+    @triton.jit
+    def _store_colsum(p, block, i_h, H):
+        """Stores the sum over the rows of a [BLOCK_B, BH] block as a length-H vector at p."""
+        tl.store(p + i_h, tl.sum(block, 0)[None, :].to(p.dtype.element_ty), mask=i_h < H)
+
+    @triton.jit
+    def _store_block(p, block, n_rows, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+        """Stores a [BR, BC] block as the row-major [n_rows, n_cols] matrix at p."""
+        i_r = tl.arange(0, BR)[:, None]
+        i_c = tl.arange(0, BC)[None, :]
+        tl.store(p + i_r * n_cols + i_c, block.to(p.dtype.element_ty), mask=(i_r < n_rows) & (i_c < n_cols))
+
+    @triton.jit(do_not_specialize=["B", "T"])
     def _bwd_kernel(
-        p_eps, p_wih, p_whh, p_bih, p_bhh, p_wm,   # as in _fwd_kernel
+        p_eps, p_wih, p_whh, p_bih, p_bhh, p_wc,   # as in _fwd_kernel
+        p_wm,    # [E, H] fp32: feedback weight
         p_z,     # [B, T, H] fp32: forward outputs h(1..T)
         p_dz,    # [B, T, H] fp32: gradient of the loss w.r.t. z
-        p_dg,    # [B, T, 4H] fp32 out: d pre-activations (r, z, n of the input, n of the state)
         p_deps,  # [B, E] fp32 out: gradient w.r.t. eps
+        p_part,  # [programs, PART] fp32 out: this program's sums of dW_ih, dW_hh, db_ih, db_hh, dW_m
         B, T, H, E,
         BLOCK_B: tl.constexpr, BH: tl.constexpr, BE: tl.constexpr, HOIST: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         i_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)[:, None]
         i_h = tl.arange(0, BH)[None, :]
         i_e = tl.arange(0, BE)[None, :]
         m_h = (i_b < B) & (i_h < H)
         m_e = (i_b < B) & (i_e < E)
-        b_ir, b_iz, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
-        b_dh = tl.zeros([BLOCK_B, BH], dtype=tl.float32)   # gradient flowing into h(t) from t+1
-        b_de = tl.zeros([BLOCK_B, BE], dtype=tl.float32)
+        p_zb = p_z + i_b * T * H + i_h
+        p_dzb = p_dz + i_b * T * H + i_h
+        b_r, b_z, b_in, b_hn = _biases(p_bih, p_bhh, i_h, H)
+        # sums over this program's rows and steps >= 2: a_* = d_*^T h(t-1) (dW_c,r and dW_hh,r are
+        # both a_r, likewise z), s_* = the gates' gradients (the biases')
+        a_r = tl.zeros([BH, BH], dtype=tl.float32)
+        a_z = tl.zeros([BH, BH], dtype=tl.float32)
+        a_n = tl.zeros([BH, BH], dtype=tl.float32)
+        a_hn = tl.zeros([BH, BH], dtype=tl.float32)
+        s_r = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
+        s_z = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
+        s_n = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
+        s_hn = tl.zeros([BLOCK_B, BH], dtype=tl.float32)
+        b_dh = tl.zeros([BLOCK_B, BH], dtype=tl.float32)          # gradient flowing into h(t)
+
         if HOIST:
-            w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = _weights(p_wih, p_whh, p_wm, H, E, BH, BE)
-            t_ir, t_iz, t_in = tl.trans(w_ir), tl.trans(w_iz), tl.trans(w_in)
-            t_hr, t_hz, t_hn, t_m = tl.trans(w_hr), tl.trans(w_hz), tl.trans(w_hn), tl.trans(w_m)
-        else:
-            w_ir, w_iz, w_in, w_hr, w_hz, w_hn, w_m = 0, 0, 0, 0, 0, 0, 0
-            t_ir, t_iz, t_in, t_hr, t_hz, t_hn, t_m = 0, 0, 0, 0, 0, 0, 0
-        for k in range(T):
-            t = T - 1 - k
-            # recompute step t from h(t-1) (zero at t = 0) and e(t) (eps, or W_m h(t-1))
-            b_hp = tl.load(p_z + i_b * T * H + (t - 1) * H + i_h, mask=m_h & (i_b * 0 + t > 0), other=0.0)
-            if t > 0:
-                b_e = _mm(b_hp, w_m, p_wm, BE, BH, H, E, H, True, HOIST)
+            hw_r, hw_z, hw_n, hw_hn = _folded(p_wc, p_whh, H, BH=BH)
+        for k in range(0, T - 1):
+            t = T - 1 - k                                         # steps T .. 2, 0-based
+            if HOIST:
+                w_r, w_z, w_n, w_hn = hw_r, hw_z, hw_n, hw_hn
             else:
-                b_e = tl.load(p_eps + i_b * E + i_e, mask=m_e, other=0.0)
-            r, u, n, g_hn = _gates(b_e, b_hp, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_ir, b_iz, b_in,
-                                   b_hn, p_wih, p_whh, H, E, BH, BE, HOIST)
-            # total gradient into h(t): from z(t), from h(t+1), and via e(t+1) = W_m h(t)
-            b_dh += tl.load(p_dz + i_b * T * H + t * H + i_h, mask=m_h, other=0.0)
-            b_dh += _mm(b_de, t_m, p_wm, BE, BH, H, E, H, False, HOIST)
-            d_n = b_dh * (1.0 - u) * (1.0 - n * n)
-            d_u = b_dh * (b_hp - n) * u * (1.0 - u)
-            d_hn = d_n * r
-            d_r = d_n * g_hn * r * (1.0 - r)
-            d_r = tl.where(m_h, d_r, 0.0)
-            d_u = tl.where(m_h, d_u, 0.0)
-            d_n = tl.where(m_h, d_n, 0.0)
-            d_hn = tl.where(m_h, d_hn, 0.0)
-            p_g = p_dg + i_b * T * 4 * H + t * 4 * H + i_h
-            tl.store(p_g, d_r, mask=m_h)
-            tl.store(p_g + H, d_u, mask=m_h)
-            tl.store(p_g + 2 * H, d_n, mask=m_h)
-            tl.store(p_g + 3 * H, d_hn, mask=m_h)
-            # into e(t) and h(t-1)
-            b_de = (_mm(d_r, t_ir, p_wih, BH, BE, E, H, E, False, HOIST)
-                    + _mm(d_u, t_iz, p_wih + H * E, BH, BE, E, H, E, False, HOIST)
-                    + _mm(d_n, t_in, p_wih + 2 * H * E, BH, BE, E, H, E, False, HOIST))
-            b_dh = (b_dh * u + _mm(d_r, t_hr, p_whh, BH, BH, H, H, H, False, HOIST)
-                    + _mm(d_u, t_hz, p_whh + H * H, BH, BH, H, H, H, False, HOIST)
-                    + _mm(d_hn, t_hn, p_whh + 2 * H * H, BH, BH, H, H, H, False, HOIST))
-        tl.store(p_deps + i_b * E + i_e, b_de, mask=m_e)
+                w_r, w_z, w_n, w_hn = _folded(p_wc, p_whh, H, BH=BH)
+            b_hp = tl.load(p_zb + (t - 1) * H, mask=m_h, other=0.0)   # h(t-1): recompute step t
+            g_hn = tl.dot(b_hp, w_hn, input_precision=PRECISION) + b_hn
+            r, u, n = _gates(b_hp, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION)
+            b_dh += tl.load(p_dzb + t * H, mask=m_h, other=0.0)
+            d_r, d_u, d_n, d_hn = _gate_grads(b_dh, b_hp, r, u, n, g_hn, m_h)
+            a_r += _outer(d_r, b_hp, PRECISION)
+            a_z += _outer(d_u, b_hp, PRECISION)
+            a_n += _outer(d_n, b_hp, PRECISION)
+            a_hn += _outer(d_hn, b_hp, PRECISION)
+            s_r += d_r
+            s_z += d_u
+            s_n += d_n
+            s_hn += d_hn
+            # into h(t-1): directly (u h(t-1)) and through the four blocks, transposed back
+            b_dh = (b_dh * u
+                    + tl.dot(d_r, tl.trans(w_r), input_precision=PRECISION)
+                    + tl.dot(d_u, tl.trans(w_z), input_precision=PRECISION)
+                    + tl.dot(d_n, tl.trans(w_n), input_precision=PRECISION)
+                    + tl.dot(d_hn, tl.trans(w_hn), input_precision=PRECISION))
+
+        # step 1: from eps with h(0) = 0
+        w_ir, w_iz, w_in = _input_blocks(p_wih, H, E, BH=BH, BE=BE)
+        b_eps = tl.load(p_eps + i_b * E + i_e, mask=m_e, other=0.0)
+        r, u, n = _gates(b_eps, w_ir, w_iz, w_in, b_hn, b_r, b_z, b_in, PRECISION)
+        b_dh += tl.load(p_dzb, mask=m_h, other=0.0)
+        d_r, d_u, d_n, d_hn = _gate_grads(b_dh, tl.zeros([BLOCK_B, BH], dtype=tl.float32),
+                                          r, u, n, b_hn, m_h)
+        b_deps = (tl.dot(d_r, tl.trans(w_ir), input_precision=PRECISION)
+                  + tl.dot(d_u, tl.trans(w_iz), input_precision=PRECISION)
+                  + tl.dot(d_n, tl.trans(w_in), input_precision=PRECISION))
+        tl.store(p_deps + i_b * E + i_e, b_deps.to(p_deps.dtype.element_ty), mask=m_e)
+
+        # this program's partial sums, in _partial_sizes' order
+        p_dwih = p_part + tl.program_id(0) * (3 * H * E + 3 * H * H + 6 * H + E * H)
+        p_dwhh = p_dwih + 3 * H * E
+        p_dbih = p_dwhh + 3 * H * H
+        p_dbhh = p_dbih + 3 * H
+        p_dwm = p_dbhh + 3 * H
+        # dW_ih = dW_c W_m^T + d(gates at step 1)^T eps; dW_m = W_ih^T dW_c, gate by gate
+        w_mt = _load_t(p_wm, n_out=E, n_in=H, BLOCK_OUT=BE, BLOCK_IN=BH)   # [BH, BE]: W_m^T
+        dw_ir = tl.dot(a_r, w_mt, input_precision=PRECISION) + _outer(d_r, b_eps, PRECISION)
+        dw_iz = tl.dot(a_z, w_mt, input_precision=PRECISION) + _outer(d_u, b_eps, PRECISION)
+        dw_in = tl.dot(a_n, w_mt, input_precision=PRECISION) + _outer(d_n, b_eps, PRECISION)
+        _store_block(p_dwih, dw_ir, n_rows=H, n_cols=E, BR=BH, BC=BE)
+        _store_block(p_dwih + H * E, dw_iz, n_rows=H, n_cols=E, BR=BH, BC=BE)
+        _store_block(p_dwih + 2 * H * E, dw_in, n_rows=H, n_cols=E, BR=BH, BC=BE)
+        dw_m = (tl.dot(w_ir, a_r, input_precision=PRECISION) + tl.dot(w_iz, a_z, input_precision=PRECISION)
+                + tl.dot(w_in, a_n, input_precision=PRECISION))   # [BE, BH]
+        _store_block(p_dwm, dw_m, n_rows=E, n_cols=H, BR=BE, BC=BH)
+        _store_block(p_dwhh, a_r, n_rows=H, n_cols=H, BR=BH, BC=BH)
+        _store_block(p_dwhh + H * H, a_z, n_rows=H, n_cols=H, BR=BH, BC=BH)
+        _store_block(p_dwhh + 2 * H * H, a_hn, n_rows=H, n_cols=H, BR=BH, BC=BH)
+        _store_colsum(p_dbih, s_r + d_r, i_h, H)                  # the biases: steps >= 2 and step 1
+        _store_colsum(p_dbih + H, s_z + d_u, i_h, H)
+        _store_colsum(p_dbih + 2 * H, s_n + d_n, i_h, H)
+        _store_colsum(p_dbhh, s_r + d_r, i_h, H)
+        _store_colsum(p_dbhh + H, s_z + d_u, i_h, H)
+        _store_colsum(p_dbhh + 2 * H, s_hn + d_hn, i_h, H)
 
 
-def _launch_config(B, H, E):
-    BH = max(16, triton.next_power_of_2(H))
-    BE = max(16, triton.next_power_of_2(E))
-    BLOCK_B = 16 if BH >= 64 or B <= 16 * 132 else 32
-    hoist = (3 * BE + 3 * BH + BE) * BH <= 16384     # the nine weight blocks in registers
-    # no software pipelining of the in-loop weight loads: it would multiply their shared memory
-    return BLOCK_B, BH, BE, hoist, dict(num_warps=4 if BH <= 64 else 8, num_stages=1)
+# Per padded H: (BLOCK_B, num_warps, weights kept in registers), a first guess until
+# `python -m kernels.bench --tune` measures them on a GPU; the backward also holds four [BH, BH]
+# gradient sums, so it keeps the weights in registers only at smaller H.
+FWD_TUNING = {16: (16, 2, True), 32: (16, 4, True), 64: (16, 4, True), 128: (16, 8, False)}
+BWD_TUNING = {16: (16, 2, True), 32: (16, 4, True), 64: (16, 4, False), 128: (16, 8, False)}
+MAX_H = 128   # larger blocks overflow an H100's registers and shared memory
 
 
-def _fwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
+def _launch_config(H, E, backward):
+    BH, BE = max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(E))
+    block_b, warps, hoist = (BWD_TUNING if backward else FWD_TUNING)[min(BH, MAX_H)]
+    return dict(BLOCK_B=block_b, BH=BH, BE=BE, HOIST=hoist, num_warps=warps, num_stages=1)
+
+
+def _partial_sizes(H, E):
+    """Sizes of dW_ih, dW_hh, db_ih, db_hh, dW_m in one program's row of partial sums."""
+    return [3 * H * E, 3 * H * H, 3 * H, 3 * H, E * H]
+
+
+# triton_op: eager calls launch the kernels directly (no wrap_triton dispatch, ~1 ms), and
+# torch.compile sees the kernels inside. Triton's CPU interpreter gives kernels that cannot be
+# traced with fake tensors, so there the ops are opaque custom_ops with the fake kernels below.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+OPAQUE = INTERPRET or triton is None
+_op = torch.library.custom_op if OPAQUE else torch.library.triton_op
+
+
+@_op("mdbigan::gru_feedback_fwd", mutates_args=())
+def _fwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+            b_hh: torch.Tensor, w_m: torch.Tensor, steps: int, precision: str) -> torch.Tensor:
+    """The forward kernel: inputs fp32 and contiguous; z fp32 [B, steps, H]."""
     B, E = eps.shape
     H = w_hh.shape[1]
-    z = torch.empty(B, steps, H, device=eps.device, dtype=torch.float32)
-    BLOCK_B, BH, BE, hoist, kw = _launch_config(B, H, E)
-    _fwd_kernel[(triton.cdiv(B, BLOCK_B),)](eps, w_ih, w_hh, b_ih, b_hh, w_m, z, B, steps, H, E,
-                                            BLOCK_B=BLOCK_B, BH=BH, BE=BE, HOIST=hoist, **kw)
+    z = eps.new_empty(B, steps, H)
+    w_c = torch.mm(w_ih, w_m)                                    # [3H, H]: the fold
+    cfg = _launch_config(H, E, backward=False)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(B, cfg["BLOCK_B"]),)](
+        eps, w_ih, w_hh, b_ih, b_hh, w_c, z, B, steps, H, E, PRECISION=precision, **cfg)
     return z
 
 
-def _bwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz):
+@_op("mdbigan::gru_feedback_bwd", mutates_args=())
+def _bwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+            b_hh: torch.Tensor, w_m: torch.Tensor, z: torch.Tensor, dz: torch.Tensor,
+            precision: str) -> list[torch.Tensor]:
+    """The backward kernel, then the sum of its per-program partials: d eps [B, E], and the
+    weights' and biases' gradients flat, in _partial_sizes' order (one buffer: a custom
+    operator's outputs may not be views of one another)."""
     B, T, H = z.shape
     E = eps.shape[1]
-    dg = torch.empty(B, T, 4 * H, device=z.device, dtype=torch.float32)
-    deps = torch.empty(B, E, device=z.device, dtype=torch.float32)
-    BLOCK_B, BH, BE, hoist, kw = _launch_config(B, H, E)
-    _bwd_kernel[(triton.cdiv(B, BLOCK_B),)](eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz, dg, deps,
-                                            B, T, H, E, BLOCK_B=BLOCK_B, BH=BH, BE=BE,
-                                            HOIST=hoist, **kw)
-    # weight gradients: contractions over (B, T), deterministic matrix products
-    h_prev = torch.cat([z.new_zeros(B, 1, H), z[:, :-1]], 1).reshape(B * T, H)   # (BT, H)
-    e_in = torch.cat([eps[:, None], z[:, :-1] @ w_m.t()], 1).reshape(B * T, E)  # (BT, E)
-    dg = dg.reshape(B * T, 4 * H)
-    d_gi, d_gh = dg[:, :3 * H], torch.cat([dg[:, :2 * H], dg[:, 3 * H:]], 1)     # (BT, 3H)
-    d_wih = d_gi.t() @ e_in
-    d_whh = d_gh.t() @ h_prev
-    de = (d_gi @ w_ih).reshape(B, T, E)[:, 1:].reshape(-1, E)                     # into e(2..T)
-    d_wm = de.t() @ z[:, :-1].reshape(-1, H)
-    return deps, d_wih, d_whh, d_gi.sum(0), d_gh.sum(0), d_wm
+    cfg = _launch_config(H, E, backward=True)
+    programs = triton.cdiv(B, cfg["BLOCK_B"])
+    sizes = _partial_sizes(H, E)
+    deps = eps.new_empty(B, E)
+    part = eps.new_empty(programs, sum(sizes))
+    w_c = torch.mm(w_ih, w_m)
+    wrap_triton(_bwd_kernel)[(programs,)](
+        eps, w_ih, w_hh, b_ih, b_hh, w_c, w_m, z, dz, deps, part, B, T, H, E,
+        PRECISION=precision, **cfg)
+    return [deps, part.sum(0)]
 
 
-# Registered as custom operators with their own autograd formula, so that torch.compile
-# (fullgraph=True included) keeps the fused kernels as single opaque nodes instead of breaking the
-# graph at an autograd.Function it cannot trace through.
-@torch.library.custom_op("mdbigan::gru_feedback_fwd", mutates_args=())
-def _fwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-            b_hh: torch.Tensor, w_m: torch.Tensor, steps: int) -> torch.Tensor:
-    """Forward kernel; inputs fp32 and contiguous, output fp32 [B, steps, H]."""
-    return _fwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps)
+if OPAQUE:
+    @_fwd_op.register_fake
+    def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps, precision):
+        return eps.new_empty(eps.shape[0], steps, w_hh.shape[1])
 
-
-@_fwd_op.register_fake
-def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
-    return eps.new_empty(eps.shape[0], steps, w_hh.shape[1])
-
-
-@torch.library.custom_op("mdbigan::gru_feedback_bwd", mutates_args=())
-def _bwd_op(eps: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-            b_hh: torch.Tensor, w_m: torch.Tensor, z: torch.Tensor,
-            dz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       torch.Tensor, torch.Tensor]:
-    """Backward kernel and weight-gradient products: the gradients of the six inputs."""
-    return _bwd(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz)
-
-
-@_bwd_op.register_fake
-def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz):
-    return tuple(torch.empty_like(t) for t in (eps, w_ih, w_hh, b_ih, b_hh, w_m))
+    @_bwd_op.register_fake
+    def _(eps, w_ih, w_hh, b_ih, b_hh, w_m, z, dz, precision):
+        return [torch.empty_like(eps), eps.new_empty(sum(_partial_sizes(w_hh.shape[1], eps.shape[1])))]
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:6], output)
+    ctx.precision = inputs[7]
 
 
 def _backward(ctx, dz):
-    return (*_bwd_op(*ctx.saved_tensors, dz.float().contiguous()), None)
+    if dz.dtype != torch.float32 or not dz.is_contiguous():
+        dz = dz.float().contiguous()
+    E, H = ctx.saved_tensors[0].shape[1], ctx.saved_tensors[2].shape[1]    # eps, weight_hh
+    deps, flat = _bwd_op(*ctx.saved_tensors, dz, ctx.precision)
+    d_wih, d_whh, d_bih, d_bhh, d_wm = flat.split(_partial_sizes(H, E))
+    return deps, d_wih.view(3 * H, E), d_whh.view(3 * H, H), d_bih, d_bhh, d_wm.view(E, H), None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -292,41 +368,36 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 _said_fallback = False
 AUTO_MAX_H = 32   # backend="auto" uses the kernel up to here (see the comment in gru_feedback)
-MAX_H = 128       # larger weight blocks overflow an H100's 227 KB of shared memory
 
 
 def _check(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps):
     named = dict(eps=eps, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                  bias_hh=bias_hh, weight_m=weight_m)
     for k, v in named.items():
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"gru_feedback: {k} must be a tensor, got {type(v).__name__}")
-        if not v.is_floating_point():
-            raise TypeError(f"gru_feedback: {k} must be a floating-point tensor, got {v.dtype}")
-    if eps.dim() != 2:
-        raise ValueError(f"gru_feedback: eps must be [B, E], got shape {tuple(eps.shape)}")
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise TypeError(f"gru_feedback: {k} must be a floating-point tensor, got "
+                            f"{getattr(v, 'dtype', type(v).__name__)}")
+    if eps.dim() != 2 or 0 in eps.shape:
+        raise ValueError(f"gru_feedback: eps must be [B, E], B, E >= 1, got shape {tuple(eps.shape)}")
     B, E = eps.shape
-    if weight_hh.dim() != 2 or weight_hh.shape[0] != 3 * weight_hh.shape[1]:
-        raise ValueError(f"gru_feedback: weight_hh must be [3H, H], got {tuple(weight_hh.shape)}")
+    if weight_hh.dim() != 2 or weight_hh.shape[0] != 3 * weight_hh.shape[1] or weight_hh.numel() == 0:
+        raise ValueError(f"gru_feedback: weight_hh must be [3H, H], H >= 1, got {tuple(weight_hh.shape)}")
     H = weight_hh.shape[1]
     want = dict(weight_ih=(3 * H, E), bias_ih=(3 * H,), bias_hh=(3 * H,), weight_m=(E, H))
     for k, shape in want.items():
         if tuple(named[k].shape) != shape:
             raise ValueError(f"gru_feedback: {k} must be {list(shape)} for eps [B={B}, E={E}] and "
                              f"H={H}, got {list(named[k].shape)}")
-    if B == 0 or H == 0 or E == 0:
-        raise ValueError(f"gru_feedback: empty sizes B={B}, E={E}, H={H}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"gru_feedback: steps must be an integer >= 1, got {steps!r}")
-    devices = {str(v.device) for v in named.values()}
-    if len(devices) > 1:
-        raise ValueError(f"gru_feedback: all tensors must be on one device, got {sorted(devices)}")
-    dtypes = {v.dtype for v in named.values()}
-    if len(dtypes) > 1:
-        raise TypeError(f"gru_feedback: all tensors must share one dtype, got {sorted(map(str, dtypes))}")
+    for attr, error in (("device", ValueError), ("dtype", TypeError)):
+        seen = sorted({str(getattr(v, attr)) for v in named.values()})
+        if len(seen) > 1:
+            raise error(f"gru_feedback: all tensors must share one {attr}, got {seen}")
 
 
-def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, backend="auto"):
+def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, backend="auto",
+                 precision="ieee"):
     """Runs the GRU with linear feedback for `steps` steps.
 
     Args:
@@ -337,6 +408,9 @@ def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, b
         steps: number of steps T >= 1.
         backend: "triton" (fused kernels; CUDA tensors, or CPU ones under TRITON_INTERPRET=1),
             "torch" (the reference), or "auto" (Triton for CUDA tensors when it imports).
+        precision: the kernels' matrix products: "ieee" (exact fp32, the default) or "tf32"
+            (faster tensor cores, ~1e-3 relative error). W_ih @ W_m is one torch.mm, which
+            follows torch.backends.cuda.matmul.allow_tf32.
     Returns:
         z: [B, T, H], z(t) = h(t), in the dtype of the inputs (fp16/bf16 are computed in fp32).
         Differentiable with respect to every tensor argument.
@@ -345,10 +419,12 @@ def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, b
     _check(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"gru_feedback: backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"gru_feedback: precision must be 'ieee' or 'tf32', got {precision!r}")
     H = weight_hh.shape[1]
     if backend == "auto":
-        # measured on an H100 (README): the fused kernel wins by 25-150x at H = 16; from H = 64 on
-        # its weights no longer fit in registers and the eager loop is faster, so auto keeps it
+        # the first kernel lost to the eager loop from H = 64 on an H100 (README); until this one
+        # is measured there, auto keeps the kernel to the sizes where it won
         backend = "triton" if eps.is_cuda and triton is not None and H <= AUTO_MAX_H else "torch"
         if backend == "torch" and not _said_fallback:
             _said_fallback = True
@@ -359,14 +435,16 @@ def gru_feedback(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps, b
                           "fused Triton kernel", stacklevel=2)
     if backend == "torch":
         return gru_feedback_ref(eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m, steps)
-    if triton is None:
-        raise RuntimeError("gru_feedback: backend='triton' needs triton: pip install triton")
-    if not eps.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("gru_feedback: backend='triton' needs CUDA tensors (or set "
-                           "TRITON_INTERPRET=1 before importing triton to run it on the CPU)")
+    if triton is None or not (eps.is_cuda or INTERPRET):
+        raise RuntimeError("gru_feedback: backend='triton' needs triton (pip install triton) and "
+                           "CUDA tensors, or TRITON_INTERPRET=1 set before importing triton to run "
+                           "it on the CPU")
     if eps.is_cuda and H > MAX_H:
         raise ValueError(f"gru_feedback: the compiled Triton kernel supports H <= {MAX_H} (its "
                          f"weight blocks must fit in shared memory), got H = {H}; use "
                          "backend='torch' or 'auto'")
-    args = [t.float().contiguous() for t in (eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m)]
-    return _fwd_op(*args, steps).to(eps.dtype)
+    # converted only when needed: each conversion is a host dispatch even when it changes nothing
+    args = [t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+            for t in (eps, weight_ih, weight_hh, bias_ih, bias_hh, weight_m)]
+    z = _fwd_op(*args, steps, precision)
+    return z if eps.dtype == torch.float32 else z.to(eps.dtype)

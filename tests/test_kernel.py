@@ -132,6 +132,50 @@ def test_input_errors():
         gru_feedback(p[0].double(), *p[1:], steps=2)
     with pytest.raises(ValueError, match="backend"):
         gru_feedback(*p, steps=2, backend="cuda")
+    with pytest.raises(ValueError, match="precision"):
+        gru_feedback(*p, steps=2, backend="triton", precision="bf16")
+
+
+def test_tf32_precision_is_close():
+    """precision="tf32" is an opt-in speed-up: on a GPU ~1e-3 off the exact result."""
+    params = make(37, 16, 16)
+    z = gru_feedback(*params, steps=20, backend="triton", precision="tf32")
+    torch.testing.assert_close(z, gru_feedback_ref(*params, 20), rtol=1e-2, atol=1e-2)
+
+
+def host_ops(fn):
+    """The ATen ops fn dispatches from the host, with every Triton launch stubbed out:
+    (names of the outermost aten:: ops, number of launches). Autograd's accumulation into
+    .grad is not the kernel's work, and torch.autograd.grad does none."""
+    kg = importlib.import_module("kernels.gru_feedback")
+    launches = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(grid)
+
+    real, kg.wrap_triton = kg.wrap_triton, lambda kernel: Stub()
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        kg.wrap_triton = real
+    ops = [e.name for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return ops, len(launches)
+
+
+def test_host_ops_per_call():
+    """The forward issues 2 ATen ops besides its launch (the output, W_ih @ W_m); the backward 8
+    besides its launch (two outputs, W_ih @ W_m, the sum of the per-program partials, one split
+    and three views): each is a host dispatch of ~10-50 us on a GPU machine, so this stays
+    counted. (The first kernel's backward issued 32 and a forward 8.)"""
+    params = make(64, 16, 16)
+    out = {}
+    fwd_ops, fwd_launches = host_ops(lambda: out.update(z=gru_feedback(*params, steps=20, backend="triton")))
+    bwd_ops, bwd_launches = host_ops(lambda: torch.autograd.grad(out["z"], params, torch.ones_like(out["z"])))
+    assert fwd_launches == 1 and len(fwd_ops) <= 8, fwd_ops
+    assert bwd_launches <= 2 and len(bwd_ops) <= 12, bwd_ops
 
 
 def test_auto_backend_on_cpu_is_reference():
@@ -157,6 +201,44 @@ def test_cuda_compiled_kernel(B, H, E, steps):
     tri = run(params, steps, "triton")
     for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
         assert_close(a.double(), b, name, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+def test_cuda_graph_and_inductor_capture_the_kernels():
+    """triton_op: a CUDA graph replays forward and backward, and inductor compiles with
+    fullgraph=True; both give the eager result. A new batch size does not recompile (B and T
+    are not specialised on)."""
+    params = make(64, 16, 16, device="cuda")
+    g = torch.randn(64, 20, 16, device="cuda")
+
+    def step(p):
+        z = gru_feedback(*p, steps=20, backend="triton")
+        return [z.detach()] + list(torch.autograd.grad((z * g).sum(), p))
+
+    eager = step(params)
+    static = [p.detach().clone().requires_grad_() for p in params]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step(static)                                        # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(static)
+    graph.replay()
+    torch.cuda.synchronize()
+    for name, a, b in zip(["z"] + ARGS, captured, eager):
+        assert_close(a, b, name)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *p: gru_feedback(*p, steps=20, backend="triton"), fullgraph=True)
+    assert_close(compiled(*params), eager[0], "z compiled")
+    kg = importlib.import_module("kernels.gru_feedback")
+    variants = lambda: len(kg._fwd_kernel.device_caches[torch.cuda.current_device()][0])
+    run(make(40, 16, 16, device="cuda"), 7, "triton")
+    before = variants()
+    run(make(41, 16, 16, device="cuda"), 9, "triton")
+    assert variants() == before
 
 
 def test_torch_compile_fullgraph_matches_eager():
