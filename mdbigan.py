@@ -377,7 +377,7 @@ class CanvasGenerator(nn.Module):
         super().__init__()
         self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
         self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
-        self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # the digit box's centre stays inside
+        self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit
 
     def shown(self, canvas):
         """The ink G shows: canvas pixels under INK set to 0."""
@@ -386,11 +386,18 @@ class CanvasGenerator(nn.Module):
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
         B, T = z_m.shape[:2]
         canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
+        # the ink's centre of mass stays where the data's digits' stays: data.py clips a digit's
+        # box to the frame, and an MNIST digit's centre of mass is its box's centre
+        px = self.size / 2                                      # frame pixels per pose unit
+        off = canvas_offset(self.shown(canvas), self.size).detach()[:, None] / px   # (B, 1, 2)
+        lo, hi = -self.edge - off, self.edge - off
+        pose = torch.minimum(torch.maximum(self.pose(z_m), lo), hi)                  # (B, T, 2)
+        # whole pixels, rounded inwards at the limits
+        snapped = torch.minimum(torch.maximum(snap(pose, self.size), torch.ceil(lo * px) / px),
+                                torch.floor(hi * px) / px)
         canvas = canvas[:, None].expand(B, T, *canvas.shape[1:]).flatten(0, 1)
-        # clipped as data.py clips a digit's box to the frame: a sampled path cannot overshoot
-        pose = self.pose(z_m).flatten(0, 1).clamp(-self.edge, self.edge)     # (B*T, 2)
-        smooth = place(canvas, pose, self.size)
-        crisp = place(self.shown(canvas), snap(pose, self.size).detach(), self.size)
+        smooth = place(canvas, pose.flatten(0, 1), self.size)
+        crisp = place(self.shown(canvas), snapped.flatten(0, 1).detach(), self.size)
         frames = smooth + (crisp - smooth).detach()             # straight-through
         return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
 

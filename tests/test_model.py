@@ -142,6 +142,34 @@ def test_prior_learns_from_its_fit_alone():
     assert all(p.grad is None or not p.grad.any() for p in m.sampler.parameters())
 
 
+@pytest.mark.parametrize("S", [32, 64])
+def test_generated_digits_stay_where_real_ones_can(S):
+    """However far z_M points, the drawn ink's centre of mass stays inside the range of a real
+    digit's box centre (data.py clips the box to the frame; MNIST digits are centred on theirs)."""
+    from mdbigan import CanvasGenerator, PoseMap
+    from data import digit_size as d_size
+    torch.manual_seed(0)
+    cfg = Config(size=S, frames=6, dim_z_c=8, ch=4, ch_max=8, structured=True)
+    gen = CanvasGenerator(cfg, PoseMap(cfg))
+    c = round(0.625 * S)
+    canvas = torch.zeros(4, 1, c, c)                  # digit-sized ink, off the canvas centre
+    canvas[:, :, c // 4: c // 4 + d_size(S) - 2, c // 3: c // 3 + d_size(S) - 4] = 1.0
+
+    class Fixed(torch.nn.Module):
+        def forward(self, z_c):
+            return canvas
+
+    gen.draw = Fixed()
+    with torch.no_grad():
+        frames = (gen(torch.randn(4, 8), torch.randn(4, 6, cfg.dim_z_m) * 3) + 1) / 2
+    w = frames[:, :, 0] * (frames[:, :, 0] > 1e-4)
+    idx = torch.arange(S, dtype=torch.float32)
+    com = torch.stack([(w.sum(2) * idx).sum(2), (w.sum(3) * idx).sum(2)], -1) / w.sum((2, 3))[..., None]
+    d = d_size(S)
+    assert com.min() >= (d - 1) / 2 - 1e-3 and com.max() <= S - 1 - (d - 1) / 2 + 1e-3, com
+    assert com.min() < (d - 1) / 2 + 1 and com.max() > S - 1 - (d - 1) / 2 - 1   # the limits are reached
+
+
 def test_canvas_offset_in_frame_pixels():
     from mdbigan import GLIMPSE, canvas_offset
     S = 32
