@@ -93,6 +93,15 @@ def test_shifted_moves_ink_by_subpixel_amounts():
     torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0, atol=1e-4)
 
 
+def test_judge_blur_is_a_low_pass():
+    """Before each stride-2 conv the judge low-passes: a constant passes, the checkerboard (the
+    frequency a stride of 2 aliases to a constant) is removed."""
+    x = torch.ones(2, 3, 8, 8)
+    torch.testing.assert_close(ev.Blur()(x), x)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    assert ev.Blur()(checker.expand(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6
+
+
 def test_write_gif_is_animated(tmp_path):
     from PIL import Image
     v = np.random.default_rng(0).random((6, 8, 8))
