@@ -117,7 +117,7 @@ def main(argv=None):
         stage(f"train {folder}", train, minutes * 60 + 90, f"train_{folder}.log", need=minutes * 60)
         os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)      # (the next training may start)
         if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
-            videos = ["--max-videos", "64"] if args.dry_run else []
+            videos = ["--max-videos", "64", "--judge-frames", "2000"] if args.dry_run else []
             stage(f"eval {folder}", [py, "eval.py", run_dir, *dev, *data, *videos], 240,
                   f"eval_{folder}.log", need=60)
 
