@@ -105,6 +105,14 @@ if triton is not None:
         b_in = tl.load(p_bih + 2 * H + i_h, mask=m, other=0.0)
         return b_r, b_z, b_in, tl.load(p_bhh + 2 * H + i_h, mask=m, other=0.0)
 
+    @triton.jit
+    def _gates(x, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION: tl.constexpr):
+        """r, z (called u) and n of one step, from x through three [BX, BH] blocks (W^T);
+        g_hn = W_hn h(t-1) + b_hn, the state side of n, which the reset gate scales."""
+        r = _sigmoid(tl.dot(x, w_r, input_precision=PRECISION) + b_r)
+        u = _sigmoid(tl.dot(x, w_z, input_precision=PRECISION) + b_z)
+        return r, u, _tanh(tl.dot(x, w_n, input_precision=PRECISION) + b_in + r * g_hn)
+
     @triton.jit(do_not_specialize=["B", "T"])   # a new batch size or length: no recompile
     def _fwd_kernel(
         p_eps,   # [B, E] fp32: e(1)
@@ -142,14 +150,6 @@ if triton is not None:
             r, u, n = _gates(b_h, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION)
             b_h = tl.where(m_h, (1.0 - u) * n + u * b_h, 0.0)
             tl.store(p_zb + t * H, b_h.to(p_z.dtype.element_ty), mask=m_h)
-
-    @triton.jit
-    def _gates(x, w_r, w_z, w_n, g_hn, b_r, b_z, b_in, PRECISION: tl.constexpr):
-        """r, z (called u) and n of one step, from x through three [BX, BH] blocks (W^T);
-        g_hn = W_hn h(t-1) + b_hn, the state side of n, which the reset gate scales."""
-        r = _sigmoid(tl.dot(x, w_r, input_precision=PRECISION) + b_r)
-        u = _sigmoid(tl.dot(x, w_z, input_precision=PRECISION) + b_z)
-        return r, u, _tanh(tl.dot(x, w_n, input_precision=PRECISION) + b_in + r * g_hn)
 
     @triton.jit
     def _gate_grads(b_dh, b_hp, r, u, n, g_hn, m_h):
