@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CHECKPOINT_VERSION = 3  # bumped when a checkpoint of an older model no longer loads
+CHECKPOINT_VERSION = 4  # bumped when a checkpoint of an older model no longer loads
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Config:
     sampler_backend: str = "auto"  # gru_feedback backend: "auto", "triton" or "torch"
     structured: bool = False    # the where/what family instead of the paper's conv nets
     centre_weight: float = 1.0  # structured: (canvas centre of mass - its centre)^2 in frame pixels
+    anchor_weight: float = 1.0  # structured: (where E puts a frame's digit - its ink's centre of
+                                # mass)^2 in frame pixels
     sampler_hidden: int = 0     # GRU state size; 0: dim_z_m and z_M(t) = h(t), as the paper
     prior_weight: float = 0.0   # fit the motion prior to E's code paths as a sequence VAE's decoder
     prior_sigma: float = 0.05   # the path fit's Gaussian std, in z_M units (~1 px at first)
@@ -72,7 +74,8 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "prior_weight",
+        for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
+                  "prior_weight",
                   "sampler_hidden", "prior_components", "prior_temperature"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
@@ -222,7 +225,8 @@ class MotionSampler(nn.Module):
 # ---------------------------------------------------------------- the paper's family: conv E, E_C, G
 # Every family's modules share one interface (x, videos in [-1, 1] as (B, T, 1, S, S)):
 #   E(x) -> z_M (B, T, dim_z_m) in [-1, 1];  E_C(x, z_M) -> z_C (B, dim_z_c);
-#   G(z_C, z_M) -> x;  G.penalties(z_C) -> {name: weighted loss term} the family needs.
+#   G(z_C, z_M) -> x;  E.penalties(x, z_M) and G.penalties(z_C) -> {name: weighted loss term}
+#   the family needs.
 
 class ConvEncoder(nn.Module):
     """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time."""
@@ -239,6 +243,9 @@ class ConvEncoder(nn.Module):
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
         return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
+
+    def penalties(self, x, z_m):
+        return {}
 
 
 class ConvGenerator(nn.Module):
@@ -303,12 +310,22 @@ def snap(pose, size):
     return torch.round(pose * (size / 2)) / (size / 2)
 
 
+def ink_offset(image):
+    """image (N, 1, n, n) >= 0 -> its centre of mass minus its centre, (x, y) in its pixels (N, 2)."""
+    n = image.shape[-1]
+    pos = torch.arange(n, device=image.device, dtype=image.dtype) + 0.5 - n / 2
+    w = image[:, 0] / (image.sum((1, 2, 3))[:, None, None] + 1e-6)
+    return torch.stack([(w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)], 1)
+
+
 def canvas_offset(canvas, size):
     """canvas (N, 1, c, c) >= 0 -> its centre of mass minus its centre, in frame pixels (N, 2)."""
-    c = canvas.shape[-1]
-    pos = torch.arange(c, device=canvas.device, dtype=canvas.dtype) + 0.5 - c / 2
-    w = canvas[:, 0] / (canvas.sum((1, 2, 3))[:, None, None] + 1e-6)
-    return torch.stack([(w.sum(1) * pos).sum(1), (w.sum(2) * pos).sum(1)], 1) * (GLIMPSE * size / c)
+    return ink_offset(canvas) * (GLIMPSE * size / canvas.shape[-1])
+
+
+def shown(image):
+    """The ink of image (in [0, 1]): pixels under INK set to 0."""
+    return image * (image > INK)
 
 
 class PoseMap(nn.Linear):
@@ -330,8 +347,9 @@ class WhereEncoder(nn.Module):
     z_M(t) = tanh(W p(t) + b). The heatmap's logits are a conv net plus alpha * the frame, so that
     E starts out looking at the ink (the conv net alone never found the digit)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, pose):
         super().__init__()
+        self.pose, self.anchor_weight = pose, cfg.anchor_weight          # pose: shared with G
         c = cfg.ch
         self.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2),
@@ -351,6 +369,16 @@ class WhereEncoder(nn.Module):
         c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
         p = torch.stack([(w.sum(1) * c).sum(1), (w.sum(2) * c).sum(1)], 1)      # (x, y)
         return torch.tanh(self.lift(p)).view(B, T, -1)          # (B, T, dim_z_m)
+
+    def penalties(self, x, z_m):
+        """Where E puts each real frame's digit at its ink's centre of mass, the point G's centring
+        puts at the pose: else E's reading drifts by a digit's shape, and z_M carries the digit."""
+        if self.anchor_weight == 0:
+            return {}
+        S = x.shape[-1]
+        ink = ink_offset(shown((x.flatten(0, 1) + 1) / 2)) / (S / 2)           # (B*T, 2), pose units
+        err = (self.pose(z_m).flatten(0, 1) - ink) * (S / 2)                  # frame pixels
+        return {"anchor": self.anchor_weight * err.pow(2).sum(1).mean()}
 
 
 class GlimpseEncoder(nn.Module):
@@ -379,17 +407,13 @@ class CanvasGenerator(nn.Module):
         self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
         self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit
 
-    def shown(self, canvas):
-        """The ink G shows: canvas pixels under INK set to 0."""
-        return canvas * (canvas > INK)
-
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
         B, T = z_m.shape[:2]
         canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
         # the ink's centre of mass stays where the data's digits' stays: data.py clips a digit's
         # box to the frame, and an MNIST digit's centre of mass is its box's centre
         px = self.size / 2                                      # frame pixels per pose unit
-        off = canvas_offset(self.shown(canvas), self.size).detach()[:, None] / px   # (B, 1, 2)
+        off = canvas_offset(shown(canvas), self.size).detach()[:, None] / px   # (B, 1, 2)
         lo, hi = -self.edge - off, self.edge - off
         pose = torch.minimum(torch.maximum(self.pose(z_m), lo), hi)                  # (B, T, 2)
         # whole pixels, rounded inwards at the limits
@@ -397,7 +421,7 @@ class CanvasGenerator(nn.Module):
                                 torch.floor(hi * px) / px)
         canvas = canvas[:, None].expand(B, T, *canvas.shape[1:]).flatten(0, 1)
         smooth = place(canvas, pose.flatten(0, 1), self.size)
-        crisp = place(self.shown(canvas), snapped.flatten(0, 1).detach(), self.size)
+        crisp = place(shown(canvas), snapped.flatten(0, 1).detach(), self.size)
         frames = smooth + (crisp - smooth).detach()             # straight-through
         return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
 
@@ -406,14 +430,14 @@ class CanvasGenerator(nn.Module):
         canvas is a free convention per digit, and z_M carries the digit through it."""
         if self.centre_weight == 0:
             return {}
-        off = canvas_offset(self.shown(self.draw(z_c)), self.size)
+        off = canvas_offset(shown(self.draw(z_c)), self.size)
         return {"centre": self.centre_weight * off.pow(2).sum(1).mean()}
 
 
 def where_what_family(cfg):
-    """(E, E_C, G) of the where/what split; E_C and G share one PoseMap."""
+    """(E, E_C, G) of the where/what split; all three share one PoseMap."""
     pose = PoseMap(cfg)
-    return WhereEncoder(cfg), GlimpseEncoder(cfg, pose), CanvasGenerator(cfg, pose)
+    return WhereEncoder(cfg, pose), GlimpseEncoder(cfg, pose), CanvasGenerator(cfg, pose)
 
 
 class GaussianMixture(nn.Module):
@@ -467,11 +491,11 @@ class MDBiGAN(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
         """The model of a train.py checkpoint (a file, its run folder, or the dict load_checkpoint
-        gave), in eval mode."""
+        gave), in eval mode: the run's average of the weights where it kept one."""
         ck = path if isinstance(path, dict) else load_checkpoint(path, device)
         model = cls(Config.from_dict(ck["config"]))
         try:
-            model.load_state_dict(ck["model"])
+            model.load_state_dict(ck.get("ema", ck["model"]))
         except RuntimeError as e:
             where = "" if isinstance(path, dict) else f" {path}"
             raise ValueError(f"checkpoint{where} does not fit its own config (incompatible version?): "
@@ -575,7 +599,7 @@ class MDBiGAN(nn.Module):
         if cfg.recon_weight > 0:
             rec = (self.gen(zc_r, zm_r) - x).pow(2).mean()
             total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
-        for name, term in self.gen.penalties(zc_r).items():
+        for name, term in {**self.enc.penalties(x, zm_r), **self.gen.penalties(zc_r)}.items():
             total, logs[name] = total + term, term.detach()
         if cfg.latent_weight > 0:
             # trains E, E_C and G, not the prior (its codes detached, G run again on them): into

@@ -181,6 +181,21 @@ def test_canvas_offset_in_frame_pixels():
                                atol=1e-4, rtol=0)
 
 
+def test_anchor_measures_where_e_looks_against_the_ink_in_frame_pixels():
+    """E.penalties: (pose of z_M - the frame's ink centre of mass)^2 in frame pixels, the ink being
+    what lies above INK (the faint halo does not move the centre)."""
+    S = 32
+    m = MDBiGAN(Config.small(frames=2, structured=True, anchor_weight=1.0))
+    x = torch.full((1, 2, 1, S, S), -1.0)                        # black, in [-1, 1]
+    x[0, :, 0, 10, 20] = 1.0                                     # ink centred at pixel (20, 10)
+    x[0, :, 0, 0, 0] = -1 + 2 * 0.2                              # a faint speck: not ink
+    ink = (torch.tensor([20.5, 10.5]) - S / 2) / (S / 2)         # pose units: centres at (2i+1)/S - 1
+    z_m = torch.zeros(1, 2, Config.small().dim_z_m)
+    z_m[0, 0, :2] = ink                                          # PoseMap starts as the identity
+    z_m[0, 1, :2] = ink + torch.tensor([3.0, 4.0]) / (S / 2)    # 5 px off
+    torch.testing.assert_close(m.enc.penalties(x, z_m)["anchor"], torch.tensor(25.0 / 2), atol=1e-4, rtol=0)
+
+
 def test_structured_motion_code_is_a_two_number_bottleneck():
     """Whatever the frames hold, E's z_M(t) = tanh(W p + b) with p in R^2: atanh(z_M) - b spans
     at most 2 dimensions, so z_M can carry where the digit is but not which digit it is."""
@@ -279,6 +294,16 @@ def test_from_checkpoint_round_trips(tmp_path, structured):
         assert not m2.training
         x = videos(m.cfg)
         torch.testing.assert_close(m2.encode_content(x), m.eval().encode_content(x), rtol=0, atol=0)
+
+
+def test_from_checkpoint_takes_the_runs_average_of_the_weights(tmp_path):
+    torch.manual_seed(0)
+    m, avg = MDBiGAN(Config(**TINY)), MDBiGAN(Config(**TINY))
+    torch.save({"version": mdbigan.CHECKPOINT_VERSION, "model": m.state_dict(), "ema": avg.state_dict(),
+                "config": dataclasses.asdict(m.cfg), "step": 1, "args": {}}, tmp_path / "ckpt.pt")
+    x = videos(m.cfg)
+    torch.testing.assert_close(MDBiGAN.from_checkpoint(str(tmp_path)).encode_content(x),
+                               avg.eval().encode_content(x), rtol=0, atol=0)
 
 
 def test_checkpoint_of_an_older_version_is_a_clear_error(tmp_path):
