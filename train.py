@@ -18,6 +18,7 @@ Ctrl-C or SIGTERM saves a checkpoint first; a NaN/inf loss stops the run and kee
 checkpoint. Then: python eval.py OUT_DIR
 """
 import argparse
+import copy
 import json
 import os
 import signal
@@ -166,9 +167,28 @@ def build(cfg, device, channels_last=False, seed=0):
     return model, opt_d, opt_eg
 
 
-def train_step(net, opt_d, opt_eg, videos, autocast):
-    """One D update, then one E/G update, on the same real videos [B, T, 1, S, S] in [0, 1].
-    Returns both losses as a tensor [2] and the loss terms, all on the device (no sync)."""
+class EMA:
+    """An exponential moving average of a model's weights (Yazici et al. 2019): the weights a run
+    saves for sampling and evaluation, steadier than a GAN's last iterate."""
+
+    def __init__(self, model, decay=0.999):
+        self.model, self.decay, self.updates = model, decay, 0
+        self.avg = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self):
+        self.updates += 1
+        # a short memory at first, as TensorFlow's ExponentialMovingAverage: early weights are noise
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.avg.parameters()), list(self.model.parameters()), 1 - decay)
+        for a, b in zip(self.avg.buffers(), self.model.buffers()):
+            a.copy_(b)
+
+
+def train_step(net, opt_d, opt_eg, videos, autocast, ema=None):
+    """One D update, then one E/G update, on the same real videos [B, T, 1, S, S] in [0, 1], then
+    the weights' average. Returns both losses as a tensor [2] and the loss terms, all on the device
+    (no sync)."""
     losses, logs = [], {}
     for step, opt in (("d", opt_d), ("eg", opt_eg)):
         with autocast:
@@ -178,6 +198,8 @@ def train_step(net, opt_d, opt_eg, videos, autocast):
         opt.step()
         losses.append(loss.detach())
         logs.update(terms)
+    if ema is not None:
+        ema.update()
     return torch.stack(losses), logs
 
 
@@ -216,21 +238,21 @@ def bench(args):
         _, cfg, batch, _, _ = PRESETS[preset]
         batch = args.batch_size or batch
         model, opt_d, opt_eg = build(cfg, device, args.channels_last)
-        net = torch.compile(model) if args.compile else model
+        net, ema = torch.compile(model) if args.compile else model, EMA(model)
         rng = np.random.default_rng(0)
         videos = to_videos(rng.integers(0, 256, (batch, cfg.frames, cfg.size, cfg.size), np.uint8), device)
         for _ in range(3):                                       # warm-up (and compilation)
-            train_step(net, opt_d, opt_eg, videos, autocast)
+            train_step(net, opt_d, opt_eg, videos, autocast, ema)
         sync()
         t0 = time.perf_counter()
         for _ in range(args.bench):
-            train_step(net, opt_d, opt_eg, videos, autocast)
+            train_step(net, opt_d, opt_eg, videos, autocast, ema)
         sync()
         dt = (time.perf_counter() - t0) / args.bench
         print(f"{preset:13s} {cfg.size}x{cfg.size} T={cfg.frames} batch {batch:4d}: "
               f"{dt * 1e3:8.1f} ms/step {batch / dt:9.1f} videos/s", flush=True)
         if args.profile:
-            profile(args.profile, preset, lambda: train_step(net, opt_d, opt_eg, videos, autocast), cuda)
+            profile(args.profile, preset, lambda: train_step(net, opt_d, opt_eg, videos, autocast, ema), cuda)
     return 0
 
 
@@ -293,15 +315,18 @@ def run(args):
         raise RunError(e) from None
 
     model, opt_d, opt_eg = build(cfg, device, args.channels_last, args.seed)
+    ema = EMA(model)
     step, elapsed = 0, 0.0
     if ck is not None:
         try:
             model.load_state_dict(ck["model"])
+            ema.avg.load_state_dict(ck["ema"])
             opt_d.load_state_dict(ck["opt_d"])
             opt_eg.load_state_dict(ck["opt_eg"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise RunError(f"checkpoint does not fit this model ({str(e).splitlines()[0][:200]})") from None
         step, elapsed = ck["step"], ck.get("elapsed", 0.0)
+        ema.updates = step
         torch.set_rng_state(ck["rng"]["torch"])
         if device.type == "cuda" and "cuda" in ck["rng"]:
             torch.cuda.set_rng_state(ck["rng"]["cuda"])
@@ -326,7 +351,7 @@ def run(args):
                                                        if device.type == "cuda" else {})}
             settings = {k: getattr(args, k) for k in FIXED + ("max_steps", "time_limit", "mnist_dir")}
             save_atomic({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
-                         "opt_d": opt_d.state_dict(), "opt_eg": opt_eg.state_dict(), "step": step,
+                         "ema": ema.avg.state_dict(), "opt_d": opt_d.state_dict(), "opt_eg": opt_eg.state_dict(), "step": step,
                          "elapsed": elapsed, "config": asdict(cfg), "args": settings, "rng": rng},
                         os.path.join(out, "ckpt.pt"))
 
@@ -349,7 +374,7 @@ def run(args):
         videos = to_videos(queue.popleft().result(), device)
         queue.append(pool.submit(get_batch, step + ahead))
         wait += time.perf_counter() - t0
-        losses, terms = train_step(net, opt_d, opt_eg, videos, autocast)
+        losses, terms = train_step(net, opt_d, opt_eg, videos, autocast, ema)
         step += 1
         bad |= ~torch.isfinite(losses).all()
         for k, v in terms.items():
@@ -378,10 +403,10 @@ def run(args):
                 with open(jsonl_path, "a") as f:
                     f.write(json.dumps({"step": step, "ms": dt * 1e3, **vals}) + "\n")
             sums, n_sum, t_log, wait = {}, 0, time.perf_counter(), 0.0
-        if finished and rank == 0 and fit_priors(model, ds, args.seed):   # before the last pictures
+        if finished and rank == 0 and fit_priors(ema.avg, ds, args.seed):   # before the last pictures
             log("fitted the sampling priors to the codes of up to 8,000 training videos")
         if rank == 0 and (step % args.sample_every == 0 or last):
-            samples(model, ds, autocast, os.path.join(out, f"samples_{step:06d}.png"), step)
+            samples(ema.avg, ds, autocast, os.path.join(out, f"samples_{step:06d}.png"), step)
         if step % args.ckpt_every == 0 or last:
             checkpoint()
         if finished:
@@ -441,14 +466,12 @@ def _plt():
 def samples(model, ds, autocast, path, step):
     """A labelled picture: 4 videos from the priors, then 4 real videos each above G(E_C(x), E(x))."""
     device = next(model.parameters()).device
-    model.eval()
     # its own RNG stream, so that pictures never change the training run (resume equality)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
         torch.manual_seed(step)
         fake = model.generate(*model.sample(4, device)).float()
         real = to_videos(ds.render((np.arange(4) * 8 * 997 + np.arange(4)) % len(ds))[0], device)
         rec = model.generate(model.encode_content(real), model.encode_motion(real)).float()
-    model.train()
     rows = [(f"sample {i + 1}", v) for i, v in enumerate(fake)]
     for i, x in enumerate(real):
         rows += [(f"real {i + 1}", x), ("recon", rec[i])]

@@ -46,8 +46,9 @@ def test_resume_gives_identical_weights(tmp_path, mnist_dir):
     a = train.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
     b = train.load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))
     assert b["step"] == 4
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
 def test_resume_keeps_the_runs_own_settings(tmp_path, mnist_dir):
@@ -225,3 +226,19 @@ def test_fit_priors_matches_the_encoders_codes(tmp_path, mnist_dir):
     # (the fit's covariance floor, 1e-4, is a 0.01 std: the untrained codes barely vary)
     torch.testing.assert_close(z_c.mean(0), codes.mean(0), atol=0.002 + 0.1 * codes.std(0).mean().item(), rtol=0)
     assert not torch.equal(model.content_prior.means, torch.zeros_like(model.content_prior.means))
+
+
+def test_ema_follows_the_weights_with_a_short_memory_at_first():
+    """EMA.update: avg <- avg + (1 - d)(w - avg), d = min(decay, (1 + n) / (10 + n)) at update n."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = train.EMA(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()                                                 # n = 1: d = 2 / 11
+    torch.testing.assert_close(ema.avg.weight, start + 9 / 11)
+    for _ in range(100):
+        ema.update()                                             # d reaches 0.9, the average w
+    torch.testing.assert_close(ema.avg.weight, model.weight, atol=1e-4, rtol=0)
+    assert not ema.avg.training and not ema.avg.weight.requires_grad
