@@ -75,8 +75,7 @@ class Config:
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
-                  "prior_weight",
-                  "sampler_hidden", "prior_components", "prior_temperature"):
+                  "prior_weight", "sampler_hidden", "prior_components", "prior_temperature"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
@@ -371,8 +370,9 @@ class WhereEncoder(nn.Module):
         return torch.tanh(self.lift(p)).view(B, T, -1)          # (B, T, dim_z_m)
 
     def penalties(self, x, z_m):
-        """Where E puts each real frame's digit at its ink's centre of mass, the point G's centring
-        puts at the pose: else E's reading drifts by a digit's shape, and z_M carries the digit."""
+        """Holds the pose E gives each real frame at the frame's ink centre of mass, the point G's
+        centring puts at the pose: else E's reading drifts with a digit's shape, and z_M carries
+        the digit."""
         if self.anchor_weight == 0:
             return {}
         S = x.shape[-1]
