@@ -172,16 +172,19 @@ class EMA:
     saves for sampling and evaluation, steadier than a GAN's last iterate."""
 
     def __init__(self, model, decay=0.999):
-        self.model, self.decay, self.updates = model, decay, 0
+        self.decay, self.updates = decay, 0
         self.avg = copy.deepcopy(model).eval().requires_grad_(False)
+        # listed once: the tensors are updated in place, and this runs every step
+        self.params = list(self.avg.parameters()), list(model.parameters())
+        self.buffers = list(self.avg.buffers()), list(model.buffers())
 
     @torch.no_grad()
     def update(self):
         self.updates += 1
         # a short memory at first, as TensorFlow's ExponentialMovingAverage: early weights are noise
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.avg.parameters()), list(self.model.parameters()), 1 - decay)
-        for a, b in zip(self.avg.buffers(), self.model.buffers()):
+        torch._foreach_lerp_(*self.params, 1 - decay)
+        for a, b in zip(*self.buffers):                         # (a model may have none)
             a.copy_(b)
 
 
@@ -238,7 +241,8 @@ def bench(args):
         _, cfg, batch, _, _ = PRESETS[preset]
         batch = args.batch_size or batch
         model, opt_d, opt_eg = build(cfg, device, args.channels_last)
-        net, ema = torch.compile(model) if args.compile else model, EMA(model)
+        net = torch.compile(model) if args.compile else model
+        ema = EMA(model)
         rng = np.random.default_rng(0)
         videos = to_videos(rng.integers(0, 256, (batch, cfg.frames, cfg.size, cfg.size), np.uint8), device)
         for _ in range(3):                                       # warm-up (and compilation)
@@ -351,8 +355,9 @@ def run(args):
                                                        if device.type == "cuda" else {})}
             settings = {k: getattr(args, k) for k in FIXED + ("max_steps", "time_limit", "mnist_dir")}
             save_atomic({"version": CHECKPOINT_VERSION, "model": model.state_dict(),
-                         "ema": ema.avg.state_dict(), "opt_d": opt_d.state_dict(), "opt_eg": opt_eg.state_dict(), "step": step,
-                         "elapsed": elapsed, "config": asdict(cfg), "args": settings, "rng": rng},
+                         "ema": ema.avg.state_dict(), "opt_d": opt_d.state_dict(),
+                         "opt_eg": opt_eg.state_dict(), "step": step, "elapsed": elapsed,
+                         "config": asdict(cfg), "args": settings, "rng": rng},
                         os.path.join(out, "ckpt.pt"))
 
     def get_batch(s):
