@@ -1,8 +1,9 @@
-"""Triton kernels of MDBiGAN: the fused GRU-with-feedback motion sampler.
+"""Triton kernels of MDBiGAN: the fused GRU-with-feedback motion sampler (fused_recurrent.py).
 
-    from kernels import gru_feedback, gru_feedback_ref
-    python -m kernels.bench        # benchmark against the eager and compiled loops
+    from kernels import gru_feedback, gru_feedback_ref, backend_for
+    from kernels import fused_recurrent    # the module: launch tables, AUTO_MAX_H, the raw ops
+    python -m kernels.bench                # benchmark against the eager and compiled loops
 """
-from .gru_feedback import gru_feedback, gru_feedback_ref
+from .fused_recurrent import backend_for, gru_feedback, gru_feedback_ref
 
-__all__ = ["gru_feedback", "gru_feedback_ref"]
+__all__ = ["backend_for", "gru_feedback", "gru_feedback_ref"]

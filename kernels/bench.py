@@ -4,7 +4,7 @@ Rows, for each (B, H, steps) and for the forward and forward+backward, in ms:
   eager     a Python loop of nn.GRUCell + nn.Linear (what MoCoGAN-style code does)
   compiled  the same loop under torch.compile(mode="reduce-overhead"), which replays it in a CUDA
             graph; compiling every shape takes long, so by default only a few (--compile-all)
-  fused     kernels.gru_feedback(backend="triton") as users call it, eagerly: host time included
+  fused     gru_feedback(..., backend="triton") as users call it, eagerly: host time included
   graph     the same fused call replayed in a CUDA graph: the GPU's time without the host's
   kernel    the fused forward kernel's own GPU time (torch.profiler), in us
 Times are medians of triton.testing.do_bench (the fused row's quantiles 0.2 and 0.8 shown),
@@ -19,16 +19,18 @@ Usage:
                                              # the FWD_TUNING / BWD_TUNING tables to paste
 """
 import argparse
-import importlib
 import itertools
 import platform
 import time
 
 import torch
 
-from kernels.gru_feedback import gru_feedback
+from kernels import fused_recurrent as fr
+from kernels.fused_recurrent import gru_feedback
 
-kg = importlib.import_module("kernels.gru_feedback")   # the module (the package exports the function)
+QUANTILES = [0.5, 0.2, 0.8]   # median first: do_bench returns them in this order
+# the shapes whose compiled rows are timed by default (each compile takes long)
+COMPILE_AT = {(64, 16, 20), (1024, 128, 20), (64, 128, 64), (4096, 64, 20)}
 
 
 def make_modules(B, H, E, device):
@@ -84,23 +86,19 @@ def tune(precision, Bs=(64, 1024), steps=20):
     the least summed median time over Bs; prints the tables. Configurations that fail to compile
     (registers, shared memory) are skipped."""
     import triton
-    tables = {"FWD_TUNING": dict(kg.FWD_TUNING), "BWD_TUNING": dict(kg.BWD_TUNING)}
+    fuse = lambda c, l, e, s: fused(c, l, e, s, precision)
+    tables = {"FWD_TUNING": dict(fr.FWD_TUNING), "BWD_TUNING": dict(fr.BWD_TUNING)}
     for H in (16, 32, 64, 128):
         for name in tables:
             best = None
             for cand in itertools.product((16, 32, 64), (1, 2, 4, 8), (True, False)):
-                getattr(kg, name)[H] = cand
+                getattr(fr, name)[H] = cand
                 total = 0.0
                 try:
                     for B in Bs:
                         cell, lin, eps = make_modules(B, H, H, "cuda")
-                        if name == "FWD_TUNING":
-                            def run():
-                                with torch.no_grad():
-                                    fused(cell, lin, eps, steps, precision)
-                        else:
-                            def run():
-                                fused(cell, lin, eps, steps, precision).sum().backward()
+                        mode = "fwd" if name == "FWD_TUNING" else "fwd+bwd"
+                        run = runner(fuse, cell, lin, eps, steps, mode)
                         total += triton.testing.do_bench(run)
                 except Exception as e:  # noqa: BLE001 -- a configuration that does not compile
                     print(f"H={H} {name} {cand}: skipped ({type(e).__name__})")
@@ -110,13 +108,13 @@ def tune(precision, Bs=(64, 1024), steps=20):
                 if best is None or total < best[0]:
                     best = (total, cand)
             tables[name][H] = best[1]
-            getattr(kg, name)[H] = best[1]      # the backward is tuned with the best forward
+            getattr(fr, name)[H] = best[1]      # the backward is tuned with the best forward
     print(f"\n# measured on {torch.cuda.get_device_name()}, steps {steps}, precision {precision}")
     for name, table in tables.items():
         print(f"{name} = {table}")
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description="Benchmark the fused GRU-with-feedback kernel.")
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--compile-all", action="store_true", help="compiled rows for every shape")
@@ -124,28 +122,31 @@ def main(argv=None):
     p.add_argument("--precision", choices=["ieee", "tf32"], default="ieee",
                    help="the fused kernels' matrix products (default: exact fp32)")
     p.add_argument("--tune", action="store_true", help="measure the launch tables instead")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    if not torch.cuda.is_available():
-        print(f"no GPU: timing the PyTorch reference on the CPU ({platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads); the Triton kernel needs CUDA")
-        for B, H, steps in [(64, 16, 20), (256, 64, 20), (1024, 128, 64)]:
-            cell, lin, eps = make_modules(B, H, H, "cpu")
-            for mode in ("fwd", "fwd+bwd"):
-                t0, n = time.perf_counter(), 0
-                while time.perf_counter() - t0 < 0.5:
-                    z = gru_feedback(eps, cell.weight_ih, cell.weight_hh, cell.bias_ih,
-                                     cell.bias_hh, lin.weight, steps, backend="torch")
-                    if mode == "fwd+bwd":
-                        z.sum().backward()
-                    n += 1
-                print(f"B={B:5d} H={H:4d} steps={steps:3d} {mode:8s} reference "
-                      f"{(time.perf_counter() - t0) / n * 1e3:8.3f} ms")
-        return
 
+def cpu_reference_table(seconds=0.5):
+    """Without a GPU: the reference's time per call on the CPU, each shape run for `seconds`."""
+    print(f"no GPU: timing the PyTorch reference on the CPU ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads); the Triton kernel needs CUDA")
+    for B, H, steps in [(64, 16, 20), (256, 64, 20), (1024, 128, 64)]:
+        cell, lin, eps = make_modules(B, H, H, "cpu")
+        for mode in ("fwd", "fwd+bwd"):
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                z = gru_feedback(eps, cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                 cell.bias_hh, lin.weight, steps, backend="torch")
+                if mode == "fwd+bwd":
+                    z.sum().backward()
+                n += 1
+            print(f"B={B:5d} H={H:4d} steps={steps:3d} {mode:8s} reference "
+                  f"{(time.perf_counter() - t0) / n * 1e3:8.3f} ms")
+
+
+def print_header():
+    """The machine, the versions and an empty Triton launch (the floor of any fused call), then
+    the table's column names; returns the GPU's name."""
     import triton
-    if args.tune:
-        return tune(args.precision)
 
     @triton.jit
     def _empty_kernel(p):
@@ -153,51 +154,81 @@ def main(argv=None):
 
     dev = torch.cuda.get_device_name()
     print(f"GPU: {dev}; torch {torch.__version__}, triton {triton.__version__}")
-    Bs, Hs, Ts = ([64, 1024], [16, 128], [20]) if args.quick else \
-        ([16, 64, 256, 1024, 4096], [16, 64, 128], [20, 64])
-    compile_at = {(64, 16, 20), (1024, 128, 20), (64, 128, 64), (4096, 64, 20)}
     dummy = torch.empty(1, device="cuda")
-    q = [0.5, 0.2, 0.8]
-    t_empty = triton.testing.do_bench(lambda: _empty_kernel[(1,)](dummy), quantiles=q)
+    t_empty = triton.testing.do_bench(lambda: _empty_kernel[(1,)](dummy), quantiles=QUANTILES)
     print(f"empty Triton launch: {t_empty[0] * 1e3:.1f} us (p20 {t_empty[1] * 1e3:.1f}, "
           f"p80 {t_empty[2] * 1e3:.1f})\n")
     hdr = (f"{'B':>5} {'H':>4} {'T':>3} {'mode':8} | {'eager':>8} {'compiled':>8} {'fused':>8} "
            f"[p20-p80]       {'graph':>8} {'kernel us':>9} | {'x eager':>7} {'x compiled':>10}")
     print(hdr)
     print("-" * len(hdr))
-    for steps in Ts:
-        for H in Hs:
-            for B in Bs:
-                cell, lin, eps = make_modules(B, H, H, "cuda")
-                want_compile = not args.no_compile and (args.compile_all or (B, H, steps) in compile_at)
-                fuse = lambda c, l, e, s: fused(c, l, e, s, args.precision)
-                for mode in ("fwd", "fwd+bwd"):
-                    def runner(fn):
-                        if mode == "fwd":
-                            def run():
-                                with torch.no_grad():
-                                    fn(cell, lin, eps, steps)
-                        else:
-                            def run():
-                                fn(cell, lin, eps, steps).sum().backward()
-                        return run
-                    bench = lambda run: triton.testing.do_bench(run, quantiles=q)
-                    t_eager = bench(runner(eager_loop))
-                    t_fused = bench(runner(fuse))
-                    t_graph = bench(cuda_graph(runner(fuse)))
-                    k_us = kernel_us(runner(fuse)) if mode == "fwd" else None
-                    t_comp = None
-                    if want_compile:
-                        torch.compiler.reset()
-                        t_comp = bench(runner(torch.compile(eager_loop, mode="reduce-overhead")))
-                    comp_s = f"{t_comp[0]:8.3f}" if t_comp else f"{'-':>8}"
-                    comp_x = f"{t_comp[0] / t_fused[0]:10.1f}" if t_comp else f"{'-':>10}"
-                    k_s = f"{k_us:9.1f}" if k_us is not None else f"{'-':>9}"
-                    print(f"{B:5d} {H:4d} {steps:3d} {mode:8} | {t_eager[0]:8.3f} {comp_s} "
-                          f"{t_fused[0]:8.3f} [{t_fused[1]:.3f}-{t_fused[2]:.3f}] {t_graph[0]:8.3f} "
-                          f"{k_s} | {t_eager[0] / t_fused[0]:7.1f} {comp_x}", flush=True)
+    return dev
+
+
+def runner(fn, cell, lin, eps, steps, mode):
+    """A no-argument call of fn(cell, lin, eps, steps): under no_grad for "fwd", with the backward
+    of the sum for "fwd+bwd"."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(cell, lin, eps, steps)
+    else:
+        def run():
+            fn(cell, lin, eps, steps).sum().backward()
+    return run
+
+
+def time_shape(cell, lin, eps, steps, mode, precision, compiled):
+    """One row's times: do_bench quantiles (ms) of eager, fused, fused in a CUDA graph, and with
+    `compiled` the reduce-overhead compiled loop (else None); the forward kernel's own us."""
+    import triton
+    bench = lambda run: triton.testing.do_bench(run, quantiles=QUANTILES)
+    fuse = lambda c, l, e, s: fused(c, l, e, s, precision)
+    row = dict(eager=bench(runner(eager_loop, cell, lin, eps, steps, mode)),
+               fused=bench(runner(fuse, cell, lin, eps, steps, mode)),
+               graph=bench(cuda_graph(runner(fuse, cell, lin, eps, steps, mode))),
+               kernel_us=kernel_us(runner(fuse, cell, lin, eps, steps, mode)) if mode == "fwd" else None,
+               compiled=None)
+    if compiled:
+        torch.compiler.reset()
+        loop = torch.compile(eager_loop, mode="reduce-overhead")
+        row["compiled"] = bench(runner(loop, cell, lin, eps, steps, mode))
+    return row
+
+
+def format_row(B, H, steps, mode, row):
+    """time_shape's row as one line under print_header's columns."""
+    t_eager, t_fused, t_graph, t_comp = row["eager"], row["fused"], row["graph"], row["compiled"]
+    comp_s = f"{t_comp[0]:8.3f}" if t_comp else f"{'-':>8}"
+    comp_x = f"{t_comp[0] / t_fused[0]:10.1f}" if t_comp else f"{'-':>10}"
+    k_s = f"{row['kernel_us']:9.1f}" if row["kernel_us"] is not None else f"{'-':>9}"
+    return (f"{B:5d} {H:4d} {steps:3d} {mode:8} | {t_eager[0]:8.3f} {comp_s} "
+            f"{t_fused[0]:8.3f} [{t_fused[1]:.3f}-{t_fused[2]:.3f}] {t_graph[0]:8.3f} "
+            f"{k_s} | {t_eager[0] / t_fused[0]:7.1f} {comp_x}")
+
+
+def gpu_table(args):
+    """The full table on the GPU: every (steps, H, B), forward and forward+backward."""
+    dev = print_header()
+    Bs, Hs, Ts = ([64, 1024], [16, 128], [20]) if args.quick else \
+        ([16, 64, 256, 1024, 4096], [16, 64, 128], [20, 64])
+    for steps, H, B in itertools.product(Ts, Hs, Bs):
+        cell, lin, eps = make_modules(B, H, H, "cuda")
+        compiled = not args.no_compile and (args.compile_all or (B, H, steps) in COMPILE_AT)
+        for mode in ("fwd", "fwd+bwd"):
+            row = time_shape(cell, lin, eps, steps, mode, args.precision, compiled)
+            print(format_row(B, H, steps, mode, row), flush=True)
     print(f"\nx eager / x compiled: speed-up of the fused call as users make it; precision "
           f"{args.precision}; {dev}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        return cpu_reference_table()
+    if args.tune:
+        return tune(args.precision)
+    gpu_table(args)
 
 
 if __name__ == "__main__":
