@@ -49,6 +49,18 @@ import warnings
 import numpy as np
 
 MOTIONS = ("down", "up", "left", "right", "TL->BR", "BL->TR", "TR->BL", "BR->TL")
+AFFINE_MOTIONS = MOTIONS[:4] + ("clockwise", "anticlockwise", "zoom in", "zoom out")
+VARIANTS = ("default", "hard", "affine")
+# the affine variant's turns and zooms over a 20-frame video, centred on its middle frame
+AFFINE_DEGREES = 152.0           # 8 degrees a frame
+AFFINE_SCALES = (0.6, 1.2)       # the digit's size relative to the default's, first to last frame
+HUES = np.array([(1, .2, .2), (1, 1, .2), (.2, 1, .2), (.2, 1, 1), (.2, .2, 1), (1, .2, 1)])
+HUE_NAMES = ("red", "yellow", "green", "cyan", "blue", "magenta")
+
+
+def motion_names(variant):
+    """The 8 motion labels' names of a variant."""
+    return AFFINE_MOTIONS if variant == "affine" else MOTIONS
 # Start (x, y) in units of the margin M, and direction of travel, for each motion label.
 _STARTS = np.array([(0.5, 0), (0.5, 1), (1, 0.5), (0, 0.5), (0, 0), (0, 1), (1, 0), (1, 1)])
 _DIRS = np.array([(0, 1), (0, -1), (-1, 0), (1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)])
@@ -252,14 +264,9 @@ def _normal(seed, index, stream, shape):
     return np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
 
 
-def _rotate(patches, angles_deg):
-    """Rotates [N, d, d] uint8 patches about their centres (bilinear, zeros outside)."""
+def _bilinear(patches, sx, sy):
+    """Samples [N, d, d] patches at source coordinates sx, sy [N, h, w] (bilinear, zeros outside)."""
     n, d, _ = patches.shape
-    c = (d - 1) / 2
-    a = np.deg2rad(angles_deg)[:, None, None]
-    yy, xx = np.mgrid[0:d, 0:d] - c
-    sx = np.cos(a) * xx + np.sin(a) * yy + c                    # inverse map: source coordinates
-    sy = -np.sin(a) * xx + np.cos(a) * yy + c
     x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
     fx, fy = sx - x0, sy - y0
     img = np.pad(patches.astype(np.float32), ((0, 0), (1, 2), (1, 2)))
@@ -273,13 +280,50 @@ def _rotate(patches, angles_deg):
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def _rotate(patches, angles_deg):
+    """Rotates [N, d, d] uint8 patches about their centres (bilinear, zeros outside)."""
+    d = patches.shape[-1]
+    c = (d - 1) / 2
+    a = np.deg2rad(angles_deg)[:, None, None]
+    yy, xx = np.mgrid[0:d, 0:d] - c
+    # inverse map: source coordinates
+    return _bilinear(patches, np.cos(a) * xx + np.sin(a) * yy + c, -np.sin(a) * xx + np.cos(a) * yy + c)
+
+
+def _warp(digits, pos, angles_deg, scales, size):
+    """Videos [n, T, size, size] of digits [n, d, d] turned by angles and scaled by scales [n, T]
+    about their centres, with their box's top-left corner at pos [n, T, 2] (bilinear)."""
+    n, T = angles_deg.shape
+    d = digits.shape[-1]
+    c = (d - 1) / 2
+    a = np.deg2rad(angles_deg).reshape(-1, 1, 1)                 # (n*T, 1, 1)
+    s = scales.reshape(-1, 1, 1)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    xx = xx - pos[..., 0].reshape(-1, 1, 1) - c                  # frame pixel relative to the centre
+    yy = yy - pos[..., 1].reshape(-1, 1, 1) - c
+    sx = (np.cos(a) * xx + np.sin(a) * yy) / s + c               # inverse map: source coordinates
+    sy = (-np.sin(a) * xx + np.cos(a) * yy) / s + c
+    return _bilinear(np.repeat(digits, T, 0), sx, sy).reshape(n, T, size, size)
+
+
+def affine_pose(motions, frames):
+    """(angles in degrees, scales) [n, frames] of the affine variant: labels 4, 5 turn clockwise
+    and anticlockwise on screen, 6, 7 zoom in and out, about the middle frame; 0..3 stay upright."""
+    motions = np.asarray(motions)
+    u = np.linspace(-0.5, 0.5, frames)[None, :] if frames > 1 else np.zeros((1, 1))
+    spin = np.select([motions == 4, motions == 5], [1.0, -1.0], 0.0)[:, None]
+    zoom = np.select([motions == 6, motions == 7], [1.0, -1.0], 0.0)[:, None]
+    lo, hi = AFFINE_SCALES
+    return AFFINE_DEGREES * spin * u, (lo + hi) / 2 + (hi - lo) * zoom * u
+
+
 def trajectories(motions, index, frames=20, size=64, jitter=1.0, variant="default", seed=0):
     """Top-left (x, y) positions of the digit, float [n, frames, 2] before rounding, in pixels.
 
     motions [n] are labels 0..7 and index [n] the global video indices that seed the randomness.
     """
-    if variant not in ("default", "hard"):
-        raise ValueError(f"variant must be 'default' or 'hard', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     motions = np.asarray(motions)
     if motions.size and (motions.min() < 0 or motions.max() > 7):
         raise ValueError(f"motion labels must be in 0..7, got {motions.min()}..{motions.max()}")
@@ -287,9 +331,11 @@ def trajectories(motions, index, frames=20, size=64, jitter=1.0, variant="defaul
     margin = size - digit_size(size)
     t = np.arange(frames, dtype=np.float64)[None, :, None]
     d = _DIRS[motions][:, None, :].astype(np.float64)         # (n, 1, 2)
-    if variant == "default":
+    if variant in ("default", "affine"):
         start = _STARTS[motions][:, None, :] * margin
         pos = start + d * (margin / frames) * t
+        if variant == "affine":                                  # turns and zooms: in the middle
+            pos = np.where((motions >= 4)[:, None, None], margin / 2, pos)
     else:
         # speed in px/frame, scaled with frame size and so that the path length matches T = 20
         u = _uniform(seed, index, 10, (3,))                      # speed, start x, start y
@@ -314,36 +360,43 @@ def render(digits, motions, index, frames=20, size=64, jitter=1.0, rotate=False,
     """
     n, d = len(digits), digits.shape[-1]
     margin = size - d
+    motions, index = np.asarray(motions), np.asarray(index)
     pos = trajectories(motions, index, frames, size, jitter, variant, seed)
-    x, y = np.clip(np.rint(pos), 0, margin).astype(np.intp).transpose(2, 0, 1)  # (n, frames) each
+    pos = np.clip(np.rint(pos), 0, margin)                       # (n, frames, 2): whole pixels
+    x, y = pos.astype(np.intp).transpose(2, 0, 1)                # (n, frames) each
+    spin = 15 * _uniform(seed, index, 11, (frames,)) if rotate else np.zeros((n, frames))  # [0, 15)
     if rotate:
-        angles = 15 * _uniform(seed, index, 11, (frames,))                  # in [0, 15) degrees
-        digits = _rotate(np.repeat(digits, frames, 0), angles.ravel())      # (n*frames, d, d)
-        nn = np.arange(n * frames)
-        x, y = x.ravel(), y.ravel()
+        turned = _rotate(np.repeat(digits, frames, 0), spin.ravel())       # (n*frames, d, d)
+        nn, xs, ys = np.arange(n * frames), x.ravel(), y.ravel()
     else:
-        nn = np.arange(n)[:, None]
+        turned, nn, xs, ys = digits, np.arange(n)[:, None], x, y
     # frame[i, j] = digit[i - y, j - x]: pad the digit by the margin on every side, then each
     # frame is a size x size window of it starting at (margin - y, margin - x).
-    padded = np.pad(digits, ((0, 0), (margin, margin), (margin, margin)))
+    padded = np.pad(turned, ((0, 0), (margin, margin), (margin, margin)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
-    out = windows[nn, margin - y, margin - x]      # (n, frames, size, size) or (n*frames, ...)
-    return out.reshape(n, frames, size, size)
+    out = windows[nn, margin - ys, margin - xs].reshape(n, frames, size, size)   # (a copy)
+    if variant == "affine":                                      # turns and zooms: warped
+        for k in np.array_split(np.flatnonzero(motions >= 4), max(1, n // 32)):
+            angles, scales = affine_pose(motions[k], frames)
+            out[k] = _warp(digits[k], pos[k], angles + spin[k], scales, size)
+    return out
 
 
 class MotionMNIST:
     """MotionMNIST videos: plain __len__/__getitem__ (a torch Dataset without importing torch).
 
     Items are (video uint8 [frames, size, size], motion_label int, digit_label int). `render`
-    gives a whole batch at once, which is much faster than indexing one by one.
+    gives a whole batch at once, which is much faster than indexing one by one; `clips` gives it
+    as the training and evaluation scripts take any data set: [n, T, C, S, S] and named labels.
+    With colour=True each video's digit is drawn in one of 6 hues (HUES), its label "hue".
     """
 
     def __init__(self, split="train", mnist_dir=None, frames=20, size=64, jitter=1.0,
-                 rotate=False, variant="default", seed=0, download=None, log=print):
+                 rotate=False, variant="default", seed=0, colour=False, download=None, log=print):
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-        if variant not in ("default", "hard"):
-            raise ValueError(f"variant must be 'default' or 'hard', got {variant!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if not (isinstance(frames, int) and frames >= 1):
             raise ValueError(f"frames must be an integer >= 1, got {frames!r}")
         if not (isinstance(size, int) and size >= 8):
@@ -351,12 +404,16 @@ class MotionMNIST:
         if not jitter >= 0:
             raise ValueError(f"jitter must be >= 0 px, got {jitter!r}")
         images, labels, self.source = get_digits(mnist_dir, download, log)
+        self.fingerprint = hashlib.sha1(images.tobytes() + labels.tobytes()).hexdigest()[:16]
         n_test = max(1, len(images) // 10)                        # held out: the last 10%
         first, last = {"train": (0, len(images) - n_test), "test": (len(images) - n_test,
                        len(images)), "all": (0, len(images))}[split]
         self.split, self.first_digit, self.n_digits = split, first, last - first
         self.frames, self.size, self.jitter, self.rotate = frames, size, jitter, rotate
-        self.variant, self.seed = variant, seed
+        self.variant, self.seed, self.colour = variant, seed, colour
+        self.channels = 3 if colour else 1
+        self.label_names = ("motion", "content") + (("hue",) if colour else ())
+        self.motion_names = motion_names(variant)
         self.labels = labels[first:last].astype(np.int64)
         self.images = images[first:last]                           # 28x28 originals
         d = digit_size(size)
@@ -366,23 +423,232 @@ class MotionMNIST:
     def __len__(self):
         return self.n_digits * 8
 
-    def render(self, items):
-        """Videos uint8 [n, T, S, S], motion labels int64 [n], digit labels int64 [n]."""
+    def _index(self, items):
         items = np.asarray(items, dtype=np.int64).reshape(-1)
         if items.size and (items.min() < -len(self) or items.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} videos")
         items = items % max(1, len(self))
         digit, motion = items // 8, items % 8
-        index = (self.first_digit + digit) * 8 + motion          # global index seeds the video
+        return digit, motion, (self.first_digit + digit) * 8 + motion   # global index seeds it
+
+    def render(self, items):
+        """Videos uint8 [n, T, S, S] (grey, whatever the colour option), motion labels int64 [n],
+        digit labels int64 [n]."""
+        digit, motion, index = self._index(items)
         videos = render(self.digits[digit], motion, index, self.frames, self.size, self.jitter,
                         self.rotate, self.variant, self.seed)
         return videos, motion, self.labels[digit]
+
+    def hues(self, items):
+        """Each video's hue, an index into HUES, int64 [n] (seeded by the video)."""
+        index = self._index(items)[2]
+        return np.minimum((6 * _uniform(self.seed, index, 12, ())).astype(np.int64), 5)
+
+    def clips(self, items):
+        """Videos uint8 [n, T, C, S, S] and labels {"motion", "content" (the digit), "hue" in colour}."""
+        videos, motion, digit = self.render(items)
+        labels = {"motion": motion, "content": digit}
+        if not self.colour:
+            return videos[:, :, None], labels
+        labels["hue"] = self.hues(items)
+        colour = HUES[labels["hue"]][:, None, :, None, None]           # (n, 1, 3, 1, 1)
+        return np.rint(videos[:, :, None] * colour).astype(np.uint8), labels
+
+    def groups(self, items):
+        """The digit of each item: videos of one digit share their content."""
+        return self._index(items)[0] + self.first_digit
+
+    def describe(self):
+        return (f"MotionMNIST ({self.variant}{', colour' if self.colour else ''}, digits from "
+                f"{self.source})")
 
     def __getitem__(self, i):
         if not isinstance(i, (int, np.integer)):
             raise TypeError(f"index must be an integer, got {type(i).__name__}")
         videos, motion, digit = self.render([i])
         return videos[0], int(motion[0]), int(digit[0])
+
+
+class DataError(ValueError):
+    """A video file that cannot be used; its message names the problem in one line."""
+
+
+def read_videos(path):
+    """Reads and checks a video file: (videos uint8 [N, T, H, W, C], {label name: int64 [N]}).
+
+    The file is an .npz holding `videos`, uint8 [N, T, H, W] or [N, T, H, W, C] with C = 1 or 3,
+    and optionally int arrays of labels [N] (`content`, `motion`, or any other name), which only
+    evaluation reads. Raises DataError naming what is wrong.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 -- numpy and zipfile raise many kinds for a bad file
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}); save the videos "
+                        "with numpy.savez(path, videos=...)") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single array, not an .npz file; save the videos with "
+                        "numpy.savez(path, videos=...)")
+    with arrays:
+        if "videos" not in arrays.files:
+            raise DataError(f"{path}: no 'videos' array (found {sorted(arrays.files)}); save them "
+                            "with numpy.savez(path, videos=...)")
+        try:
+            videos = arrays["videos"]
+            labels = {k: arrays[k] for k in arrays.files if k != "videos"}
+        except Exception as e:  # noqa: BLE001 -- as above
+            raise DataError(f"{path}: an array cannot be read ({type(e).__name__}): the file is "
+                            "corrupt or holds Python objects") from None
+    return _checked(path, videos, labels)
+
+
+def _checked(path, videos, labels):
+    """The checks of read_videos, on arrays already loaded."""
+    if videos.dtype != np.uint8:
+        raise DataError(f"{path}: videos are {videos.dtype}, expected uint8 (0..255); convert "
+                        "with np.clip(v * 255, 0, 255).astype(np.uint8) for floats in [0, 1]")
+    if videos.ndim == 4:
+        videos = videos[..., None]
+    if videos.ndim != 5:
+        raise DataError(f"{path}: videos have shape {list(videos.shape)}, expected [N, T, H, W] "
+                        "or [N, T, H, W, C]")
+    N, T, H, W, C = videos.shape
+    if C not in (1, 3):
+        raise DataError(f"{path}: videos have {C} channels (last axis), expected 1 or 3")
+    if N < 2 or T < 2:
+        raise DataError(f"{path}: {N} videos of {T} frames; at least 2 videos of 2 frames are needed")
+    if min(H, W) < 16:
+        raise DataError(f"{path}: frames are {H}x{W} px, at least 16x16 are needed")
+    out = {}
+    for name, a in labels.items():
+        if a.ndim != 1 or len(a) != N:
+            raise DataError(f"{path}: labels '{name}' have shape {list(a.shape)}, expected [{N}], "
+                            "one per video")
+        if a.dtype.kind not in "iub":
+            raise DataError(f"{path}: labels '{name}' are {a.dtype}, expected integers")
+        out[name] = a.astype(np.int64)
+    return videos, out
+
+
+def square(videos, size):
+    """uint8 [N, T, H, W, C] -> uint8 [N, T, C, size, size]: centre-cropped to a square and
+    resized with torch (area when shrinking, bilinear when enlarging), 256 videos at a time."""
+    import torch
+    import torch.nn.functional as F
+    N, T, H, W, C = videos.shape
+    side = min(H, W)
+    top, left = (H - side) // 2, (W - side) // 2
+    out = np.empty((N, T, C, size, size), np.uint8)
+    for i in range(0, N, 256):
+        x = torch.from_numpy(np.ascontiguousarray(videos[i:i + 256, :, top:top + side, left:left + side]))
+        x = x.flatten(0, 1).permute(0, 3, 1, 2).float()          # (n*T, C, side, side)
+        if side != size:
+            x = F.interpolate(x, size=(size, size), mode="area" if side > size else "bilinear",
+                              align_corners=None if side > size else False)
+        out[i:i + 256] = x.round().clamp(0, 255).to(torch.uint8).view(-1, T, C, size, size).numpy()
+    return out
+
+
+def holdout_items(n, fraction=0.1, seed=0):
+    """The held-out videos of a file of n: a fixed, seeded fraction (at least 1, at most n - 1)."""
+    k = min(n - 1, max(1, int(round(fraction * n))))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+
+class VideoFile:
+    """A user's videos from an .npz file (read_videos), as the scripts take any data set: frames
+    cropped and resized to size x size, split into training and held-out videos.
+
+    clips(items, starts=None) gives videos uint8 [n, frames, C, S, S] (windows of `frames`
+    frames from `starts`, or from the first frame) and the file's labels.
+    """
+
+    def __init__(self, path, split="train", size=64, frames=None, holdout=None, log=print):
+        videos, labels = read_videos(path)
+        N, T = videos.shape[:2]
+        self.path, self.source, self.split = os.path.abspath(path), os.path.abspath(path), split
+        self.fingerprint = _fingerprint(videos, labels)
+        self.holdout = holdout_items(N) if holdout is None else np.asarray(holdout, np.int64)
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        if self.holdout.size and (self.holdout.min() < 0 or self.holdout.max() >= N):
+            raise DataError(f"{path}: the held-out videos stored with the run do not fit its {N} "
+                            "videos: the file changed since")
+        keep = {"all": np.arange(N), "test": self.holdout,
+                "train": np.setdiff1d(np.arange(N), self.holdout)}[split]
+        self.file_frames, self.frames = T, frames or T
+        if not 2 <= self.frames <= T:
+            raise DataError(f"{path}: windows of {self.frames} frames asked for, the videos have "
+                            f"{T}; use --frames between 2 and {T}")
+        self.size, self.channels, self.items = size, videos.shape[-1], keep
+        self.videos = square(videos[keep], size)                 # (n, T, C, S, S) uint8
+        self.labels = {k: v[keep] for k, v in labels.items()}
+        self.label_names = tuple(self.labels)
+        self.motion_names = None
+        log(f"data: {path}: {N} videos of {T} frames {videos.shape[2]}x{videos.shape[3]}x"
+            f"{self.channels} -> {size}x{size}; {len(keep)} in split '{split}'")
+
+    def __len__(self):
+        return len(self.videos)
+
+    def clips(self, items, starts=None):
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        if self.frames == self.file_frames:
+            videos = self.videos[items]
+        else:
+            starts = np.zeros(len(items), np.int64) if starts is None else np.asarray(starts)
+            t = starts[:, None] + np.arange(self.frames)         # (n, frames)
+            videos = self.videos[items[:, None], t]
+        return videos, {k: v[items] for k, v in self.labels.items()}
+
+    def groups(self, items):
+        """Each video is its own group: nothing says which videos share content."""
+        return np.asarray(items, dtype=np.int64)
+
+    def describe(self):
+        return f"{self.path} ({self.channels} channel{'s' if self.channels > 1 else ''})"
+
+
+def _fingerprint(videos, labels):
+    h = hashlib.sha1(videos.tobytes())
+    for k in sorted(labels):
+        h.update(k.encode() + labels[k].tobytes())
+    return h.hexdigest()[:16]
+
+
+def open_dataset(spec, split, size, frames=None, log=print):
+    """The data set a spec names (what a checkpoint stores of its data), at the model's frame size:
+    {"kind": "motionmnist", "mnist_dir", "variant", "fingerprint", "source"} or {"kind": "file",
+    "path", "fingerprint", "holdout", "frames"}. A fingerprint in the spec must match the data
+    found: DataError otherwise, naming what to pass."""
+    if spec["kind"] == "file":
+        ds = VideoFile(spec["path"], split, size, spec.get("frames") or frames, spec.get("holdout"), log)
+        what = f"the video file {spec['path']}"
+    else:
+        folder = spec.get("mnist_dir")
+        if folder and not os.path.isdir(folder):   # moved since training: found as usual
+            log(f"data: {folder} (the run's MNIST folder) is gone; looking for MNIST as usual")
+            folder = None
+        ds = MotionMNIST(split, folder, frames or 20, size, variant=spec.get("variant", "default"),
+                         colour=spec.get("colour", False), log=log)
+        what = f"MotionMNIST with digits from {spec.get('source')}"
+    if spec.get("fingerprint") not in (None, ds.fingerprint):
+        hint = ("pass --data FILE with the same videos" if spec["kind"] == "file" else
+                "pass --mnist-dir DIR with the MNIST test-set files it used")
+        raise DataError(f"the run was trained on {what}, but the data found now ({ds.source}) is "
+                        f"different (fingerprint {ds.fingerprint}, the run's {spec['fingerprint']}): {hint}")
+    return ds
+
+
+def spec_of(ds, mnist_dir=None):
+    """What a checkpoint stores to find ds again (open_dataset)."""
+    if isinstance(ds, VideoFile):
+        return {"kind": "file", "path": ds.path, "fingerprint": ds.fingerprint,
+                "holdout": ds.holdout.tolist(), "frames": ds.frames}
+    return {"kind": "motionmnist", "mnist_dir": os.path.abspath(mnist_dir) if mnist_dir else None,
+            "variant": ds.variant, "colour": ds.colour, "fingerprint": ds.fingerprint,
+            "source": ds.source}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -392,21 +658,37 @@ def preview(path, ds, frames_shown=None, title=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    videos, _, _ = ds.render((np.arange(8) + 8 * 7) % len(ds))
+    videos, _ = ds.clips((np.arange(8) + 8 * 7) % len(ds))
+    videos = videos.transpose(0, 1, 3, 4, 2)                     # (8, T, S, S, C) for imshow
     T = ds.frames if frames_shown is None else min(frames_shown, ds.frames)
     fig, axes = plt.subplots(8, T, figsize=(T * 0.8, 8 * 0.85), squeeze=False)
     for m in range(8):
         for t in range(T):
             ax = axes[m, t]
-            ax.imshow(videos[m, t], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(videos[m, t] if ds.channels == 3 else videos[m, t, ..., 0], cmap="gray",
+                      vmin=0, vmax=255)
             ax.set_xticks([]), ax.set_yticks([])
             if m == 0:
                 ax.set_title(f"t={t}", fontsize=8)
-        axes[m, 0].set_ylabel(f"{m}: {MOTIONS[m]}", fontsize=9, rotation=0, ha="right", va="center")
-    fig.suptitle(title or f"MotionMNIST ({ds.variant}, {ds.source})", fontsize=11)
+        axes[m, 0].set_ylabel(f"{m}: {ds.motion_names[m]}", fontsize=9, rotation=0, ha="right", va="center")
+    fig.suptitle(title or ds.describe(), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def export(path, ds, count):
+    """Writes the first `count` videos of ds as a video file (read_videos' format): videos uint8
+    [N, T, S, S] (or [N, T, S, S, 3] in colour), content and motion labels (and hue in colour)."""
+    n = min(count, len(ds))
+    parts = [ds.clips(c) for c in np.array_split(np.arange(n), max(1, n // 4096))]
+    videos = np.concatenate([v for v, _ in parts])               # (n, T, C, S, S)
+    videos = videos[:, :, 0] if ds.channels == 1 else videos.transpose(0, 1, 3, 4, 2)
+    labels = {k: np.concatenate([lab[k] for _, lab in parts]) for k in parts[0][1]}
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, videos=videos, **labels)
+    os.replace(tmp, path)
+    return videos.shape, sorted(labels)
 
 
 def bench(n=10_000, batch=1000):
@@ -433,8 +715,10 @@ def main(argv=None):
     p.add_argument("--split", default="test", choices=["train", "test", "all"],
                    help="split to export (default test, the held-out digits)")
     p.add_argument("--mnist-dir", help="folder with the MNIST test-set IDX files")
-    p.add_argument("--variant", default="default", choices=["default", "hard"],
-                   help="default motions, or random speed and start")
+    p.add_argument("--variant", default="default", choices=VARIANTS,
+                   help="default motions; hard: random speed and start; affine: turns and zooms")
+    p.add_argument("--colour", action="store_true", help="draw each digit in one of 6 hues "
+                   "(labels: content = the digit, hue)")
     p.add_argument("--rotate", action="store_true", help="rotate the digit at every frame")
     p.add_argument("--frames", type=int, default=20, help="frames per video (default 20)")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
@@ -452,19 +736,16 @@ def main(argv=None):
             bench()
         if args.preview or args.export:
             ds = MotionMNIST(args.split, args.mnist_dir, args.frames, args.size,
-                             rotate=args.rotate, variant=args.variant, seed=args.seed)
+                             rotate=args.rotate, variant=args.variant, seed=args.seed,
+                             colour=args.colour)
         if args.preview:
             preview(args.preview, ds)
             print(f"wrote {args.preview}")
         if args.export:
             if args.count < 1:
                 p.error(f"--count must be >= 1, got {args.count}")
-            n = min(args.count, len(ds))
-            videos, motions, digits = ds.render(np.arange(n))
-            tmp = args.export + ".tmp.npz"
-            np.savez_compressed(tmp, videos=videos, motions=motions, digits=digits)
-            os.replace(tmp, args.export)
-            print(f"wrote {args.export}: videos uint8 {videos.shape}, motions, digits")
+            shape, names = export(args.export, ds, args.count)
+            print(f"wrote {args.export}: videos uint8 {list(shape)}, labels {', '.join(names)}")
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,27 +1,37 @@
-"""Evaluates an MDBiGAN checkpoint on the held-out MotionMNIST digits (docs/model.md, "How results
-are judged").
+"""Evaluates an MDBiGAN checkpoint on its run's held-out videos (docs/model.md, "How results are
+judged"): MotionMNIST's held-out digits, or the held-out 10% of a --data file.
 
 Usage (inside the README's .venv):
-    python eval.py runs/cpu                               # a run folder or its ckpt.pt; writes runs/cpu/eval/
-    python eval.py CKPT --out-dir DIR --mnist-dir DIR --device cuda
-    python eval.py CKPT --variant hard                    # the random-speed-and-start variant
+    python eval.py runs/cpu                       # a run folder, its ckpt.pt or model.pt; writes runs/cpu/eval/
+    python eval.py pretrained/structured32.pt     # the pretrained model (needs the MNIST it used)
+    python eval.py CKPT --out-dir DIR --device cuda
+    python eval.py CKPT --variant hard            # MotionMNIST runs: another variant's videos
+    python eval.py CKPT --long 100                # also 100-frame samples: long.gif, long_* metrics
 
-The model is rebuilt from the checkpoint alone. Writes to --out-dir (default: eval/ beside the
-checkpoint, or eval_hard/ for --variant hard):
-  metrics.json    every number below (fractions in [0, 1], entropies in bits, distances and errors
-                  in pixels of the model's frames; a metric that does not apply is null)
-  fig4_pca.png, fig4_tsne.png   z_M of held-out videos by motion (the paper's Fig. 4)
+The model and its data are rebuilt from the checkpoint alone (--mnist-dir or --data say where
+the data are now, if they moved; a fingerprint checks they are the same). Writes to --out-dir
+(default: eval/ beside the checkpoint, eval_VARIANT/ for another variant):
+  metrics.json    every number below, with the printed table's reading of each
+  fig4_tsne.png, fig4_pca.png   z_M of held-out videos, by motion where labels say it (Fig. 4)
   fig5_recon.png  originals, G(random z_C, E(x)) and G(E_C(x), E(x)) (the paper's Fig. 5)
   swap.png, samples.png          motion transfer, and videos sampled from the priors
-  samples.gif, recon.gif, swap.gif   the same, moving
-Judges, fitted on real training-split videos: the digit judge is a small CNN over the whole frame
-with a global max-pool, trained with sub-pixel shifts (translation-tolerant), cached on disk
-(~/.cache/mdbigan/judges, keyed by the digits, frame size, variant and JUDGE_VERSION); the motion
-judge a logistic regression on centre-of-mass paths. Their accuracy on real held-out videos is
-reported as their ceiling. Generation metrics follow C-DSVAE / S3VAE (judge accuracy, IS, H(y|x),
-H(y)), with a Frechet distance in the digit judge's feature space.
+  samples.gif, recon.gif, swap.gif   the same, moving (long.gif with --long)
+Metrics, by what the data hold:
+  always          reconstruction MSE and PSNR; the swap cycle's errors, each relative to its
+                  code's spread; the t-SNE of z_M and the GIFs
+  motion labels   k-means on z_M (NMI, ARI, accuracy) beside k-means on raw pixels; a linear
+                  probe for the motion from z_M
+  content labels  leakage: linear and MLP probes for the content from z_M (and for every other
+                  label, e.g. hue); a content judge (a CNN fitted on the training split's frames)
+                  scores reconstructions, swaps and samples: accuracy, consistency over a video,
+                  confidence, IS, H(y|x), H(y) and a Frechet distance in its features
+  MotionMNIST     its content is the digit; a motion judge (a logistic regression on
+                  centre-of-mass paths) scores swaps; motion error in pixels, speed, paths in range
+Judges are fitted once and cached (~/.cache/mdbigan/judges); their accuracy on real held-out
+videos is reported as their ceiling.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -38,52 +48,67 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import data
 from mdbigan import MDBiGAN, load_checkpoint
 
-# metric -> how to read it: which way is good, and its target or baseline (printed beside it)
-GUIDE = {
-    "motion_nmi": "higher is better; >= 0.95; raw pixels: pixel_nmi",
-    "motion_ari": "", "motion_acc": "",
-    "pixel_nmi": "the baseline: k-means on raw pixels", "pixel_ari": "", "pixel_acc": "",
-    "probe_motion_acc": "higher is better; >= 0.98",
-    "probe_digit_acc": "lower is better (digit leaking into z_M); chance 0.10; <= 0.15",
-    "pixel_probe_motion_acc": "the baseline: a probe on raw pixels",
-    "content_probe_digit_acc": "higher is better (z_C holds the digit)",
-    "content_probe_motion_acc": "lower is better (motion in z_C); chance 0.125",
-    "recon_motion_err_px": "lower is better: G(E_C(x), E(x))",
-    "recon_motion_err_px_random_c": "lower is better: G(random z_C, E(x))",
-    "recon_digit_acc": "higher is better; >= 0.85; ceiling judge_digit_acc",
-    "swap_digit_acc": "higher is better: G(E_C(A), E(B)) reads as A's digit",
-    "swap_motion_acc": "higher is better: ... moves as B; >= 0.95",
-    "sample_consistency": "higher is better: one digit over a sampled video's frames; >= 0.90",
-    "sample_confidence": "higher is better; real frames: judge_confidence; >= 0.90",
-    "sample_is": "higher is better; at most 10",
-    "sample_h_y_given_x": "lower is better (bits): each sample is one clear digit",
-    "sample_h_y": "higher is better (bits): every digit appears; at most 3.32",
-    "sample_fd": "lower is better; the floor: real_fd",
-    "real_fd": "two halves of real held-out frames",
-    "random_c_consistency": "higher is better: G(random z_C, E(x)); >= 0.90",
-    "random_c_confidence": "higher is better; >= 0.90",
-    "random_c_motion_acc": "higher is better: G(random z_C, E(x)) moves as x",
-    "fix_content_digit_acc": "higher is better: G(E_C(x), sampled z_M) reads as x's digit",
-    "fix_motion_motion_acc": "higher is better: G(sampled z_C, E(x)) moves as x",
-    "sample_speed_px": "px/frame, first to last frame, of sampled videos; within 15% of real",
-    "real_speed_px": "px/frame, first to last frame, of real held-out videos",
-    "sample_paths_in_range": "higher is better: sampled paths inside the real positions; >= 0.95",
-    "sample_paths_in_range_1px": "the same, the box widened by 1 px (the data's jitter)",
-    "recon_paths_in_range": "the strict box for G(E_C(x), E(x)): what sub-pixel overshoot costs",
-    "judge_digit_acc": "the digit judge on real held-out frames (its ceiling)",
-    "judge_confidence": "the digit judge's mean top probability on real frames",
-    "real_consistency": "one digit over a real video's frames: the consistencies' ceiling",
-    "judge_motion_acc": "the motion judge on real held-out videos",
-}
-KEYS = list(GUIDE)
-JUDGE_VERSION = 2     # bump when DigitJudge or its training changes: cached judges are then refitted
+JUDGE_VERSION = 3     # bump when ContentJudge or its training changes: cached judges are then refitted
 JUDGE_SIZE = 32       # frames are pooled (or upsampled) to 32x32 for the judge: one net for any size
+GENERATED = 2000      # videos per generated set
+
+# metric -> (how to read it, target or None): a target is (">=" or "<=", value), and the printed
+# table marks it met or missed. {c}: the content label's name (digit for MotionMNIST), {L}: any label.
+GUIDE = {
+    "motion_nmi": ("k-means (k = 8) on z_M against the motion labels; higher is better", (">=", 0.95)),
+    "motion_ari": ("the same, adjusted Rand index", None),
+    "motion_acc": ("the same, accuracy of the best matching of clusters to labels", None),
+    "pixel_nmi": ("the baseline: k-means on PCA(50) of raw pixels", None),
+    "pixel_ari": ("the baseline's adjusted Rand index", None),
+    "pixel_acc": ("the baseline's cluster accuracy", None),
+    "probe_motion_acc": ("linear probe, motion from z_M; higher is better", (">=", 0.98)),
+    "pixel_probe_motion_acc": ("the baseline: the same probe on raw pixels", None),
+    "probe_{c}_acc": ("leakage: linear probe, {c} from z_M; lower is better; chance {chance}", ("<=", 0.15)),
+    "probe_{c}_acc_mlp": ("leakage: MLP probe, {c} from z_M; lower is better; chance {chance}", ("<=", 0.25)),
+    "probe_{L}_acc": ("leakage: linear probe, {L} from z_M; lower is better; chance {chance}", None),
+    "probe_{L}_acc_mlp": ("leakage: MLP probe, {L} from z_M; lower is better; chance {chance}", None),
+    "content_probe_{L}_acc": ("linear probe, {L} from z_C; chance {chance}", None),
+    "recon_mse": ("mean squared error of G(E_C(x), E(x)) on pixels in [0, 1]; lower is better", None),
+    "recon_psnr": ("the same as PSNR in dB; higher is better", None),
+    "cycle_motion_err": ("|E(G(z_C^A, z_M^B)) - z_M^B| over the mean |z_M - mean| (0: exact; 1: as far "
+                         "as a random code); lower is better", None),
+    "cycle_content_err": ("|E_C(G(z_C^A, z_M^B)) - z_C^A|, likewise relative; lower is better", None),
+    "recon_{c}_acc": ("content judge on G(E_C(x), E(x)): reads x's {c}; ceiling judge_{c}_acc", (">=", 0.85)),
+    "swap_{c}_acc": ("content judge on G(E_C(A), E(B)): reads A's {c}", (">=", 0.85)),
+    "fix_content_{c}_acc": ("content judge on G(E_C(x), sampled z_M): reads x's {c}", None),
+    "sample_consistency": ("samples from the priors: one label over all frames; ceiling "
+                           "real_consistency", (">=", 0.90)),
+    "sample_confidence": ("samples: the judge's mean top probability; real: judge_confidence", (">=", 0.90)),
+    "sample_is": ("samples: inception score in the judge's terms; at most the number of classes", None),
+    "sample_h_y_given_x": ("samples: H(y|x) in bits; lower is better (each one clear)", None),
+    "sample_h_y": ("samples: H(y) in bits; higher is better (every class appears)", (">=", 3.0)),
+    "sample_fd": ("samples: Frechet distance in the judge's features; lower; floor real_fd", None),
+    "real_fd": ("the same between two halves of real held-out frames", None),
+    "random_c_consistency": ("G(random z_C, E(x)): one label over all frames", (">=", 0.90)),
+    "random_c_confidence": ("G(random z_C, E(x)): mean top probability", (">=", 0.90)),
+    "judge_{c}_acc": ("the content judge on real held-out frames: its ceiling", None),
+    "judge_confidence": ("the content judge's mean top probability on real frames", None),
+    "real_consistency": ("one label over a real video's frames: the consistencies' ceiling", None),
+    "long_consistency": ("--long samples: one label over all their frames", None),
+    "swap_motion_acc": ("motion judge on G(E_C(A), E(B)): moves as B", (">=", 0.95)),
+    "random_c_motion_acc": ("motion judge on G(random z_C, E(x)): moves as x", None),
+    "judge_motion_acc": ("the motion judge on real held-out videos: its ceiling", None),
+    "recon_motion_err_px": ("centre of mass of G(E_C(x), E(x)) vs x, px; lower is better", None),
+    "recon_motion_err_px_random_c": ("the same for G(random z_C, E(x))", None),
+    "sample_speed_px": ("samples: px/frame, first frame to last; real_speed_px within 15%", None),
+    "real_speed_px": ("real held-out videos: px/frame, first frame to last", None),
+    "sample_paths_in_range": ("samples whose centre of mass stays in the real positions' box", (">=", 0.95)),
+    "sample_paths_in_range_1px": ("the same, the box widened by 1 px (the data's jitter)", None),
+    "recon_paths_in_range": ("the same for G(E_C(x), E(x))", None),
+    "long_paths_in_range": ("--long samples whose centre of mass stays in the real box", None),
+}
 
 
 # ----------------------------------------------------------------------------- metric functions
@@ -98,22 +123,32 @@ def cluster_acc(labels, clusters):
     return counts[rows, cols].sum() / len(labels)
 
 
-def cluster_scores(features, labels, k=8, seed=0):
-    """k-means on features [N, D]: (NMI, ARI, cluster accuracy) against labels [N]."""
-    pred = KMeans(k, n_init=10, random_state=seed).fit_predict(features)
+def cluster_scores(features, labels, seed=0):
+    """k-means on features [N, D], k = the number of labels: (NMI, ARI, cluster accuracy)."""
+    pred = KMeans(len(np.unique(labels)), n_init=10, random_state=seed).fit_predict(features)
     # clipped: sklearn can return 1.0000000000000002 for a perfect clustering
     return (min(1.0, normalized_mutual_info_score(labels, pred)),
             min(1.0, adjusted_rand_score(labels, pred)), cluster_acc(labels, pred))
 
 
-def probe(features, labels, groups):
-    """Linear probe: fitted on the first half of the digits (groups), scored on the rest."""
+def probe(features, labels, groups, mlp=False):
+    """Linear (or MLP) probe: fitted on the first half of the groups, scored on the rest. A
+    linear probe understates what a nonlinear code carries, hence the MLP beside it."""
     fit = groups < np.median(groups)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    if mlp:
+        clf = make_pipeline(StandardScaler(), MLPClassifier((256,), alpha=1e-3, max_iter=300,
+                                                            early_stopping=True, random_state=0))
+    else:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(features[fit], labels[fit])
     return float((clf.predict(features[~fit]) == labels[~fit]).mean())
+
+
+def chance(labels):
+    """The accuracy of always saying the commonest label."""
+    return float(np.bincount(labels).max() / len(labels))
 
 
 def centre_of_mass(frames):
@@ -143,8 +178,7 @@ def trajectory_features(videos):
 
 def speed_px(videos):
     """Mean speed of videos [N, T, S, S] in px/frame: the centre of mass's distance from the first
-    frame to the last over T - 1. (Frame to frame, the data's per-frame jitter of N(0, 1) px at
-    64x64 would count as motion: 1.40 px/frame for real videos at 32x32 that travel 1.08.)"""
+    frame to the last over T - 1 (frame to frame, the data's per-frame jitter would count)."""
     com = centre_of_mass(videos)
     return float((np.linalg.norm(com[:, -1] - com[:, 0], axis=-1) / (com.shape[1] - 1)).mean())
 
@@ -158,11 +192,11 @@ def paths_in_range(videos, real, tol=0.0):
 
 
 def label_stats(probs):
-    """probs [N, T, 10] of the digit judge per frame -> (consistency: one label over all T frames,
-    confidence: mean top probability, IS, H(y|x) and H(y) in bits over videos, whose p(y|x) is
-    the mean over their frames)."""
+    """probs [N, T, K] of the content judge per frame -> (consistency: one label over all T
+    frames, confidence: mean top probability, IS, H(y|x) and H(y) in bits over videos, whose
+    p(y|x) is the mean over their frames)."""
     labels = probs.argmax(-1)
-    p = probs.mean(1)                                            # (N, 10) per video
+    p = probs.mean(1)                                            # (N, K) per video
     marginal = p.mean(0)
     ent = lambda q: -(q * np.log2(np.clip(q, 1e-12, 1))).sum(-1)
     kl = (p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(marginal, 1e-12, 1)))).sum(1)
@@ -181,32 +215,44 @@ def frechet_distance(a, b):
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root.real))
 
 
-# ----------------------------------------------------------------------------- the digit judge
+def grey(videos):
+    """[N, T, C, S, S] (uint8 or float) -> [N, T, S, S]: the luminance where there is colour
+    (centres of mass are of the ink's luminance, as the where/what model's)."""
+    if videos.shape[2] == 1:
+        return videos[:, :, 0]
+    return np.tensordot(videos.astype(np.float32), np.array([0.299, 0.587, 0.114], np.float32), ([2], [0]))
+
+
+# ----------------------------------------------------------------------------- the content judge
 
 class Blur(nn.Module):
     """A fixed [1, 2, 1]^2 / 16 low-pass per channel: before a stride-2 conv it keeps the judge
     from aliasing (Zhang 2019), else its label flips with the digit's position mod 4."""
 
-    def forward(self, x):
-        k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
-        k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
-
-
-class DigitJudge(nn.Module):
-    """Whole frame -> digit logits: convs, then a global max-pool, so that where the digit is does
-    not matter; the pooled 128 numbers are the features of the Frechet distance."""
-
-    def __init__(self):
+    def __init__(self, channels):
         super().__init__()
-        layers, c_in = [], 1
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel.to(x.dtype), groups=x.shape[1])
+
+
+class ContentJudge(nn.Module):
+    """Whole frame -> content logits: convs, then a global max-pool, so that where the object is
+    does not matter; the pooled 128 numbers are the features of the Frechet distance."""
+
+    def __init__(self, channels=1, classes=10):
+        super().__init__()
+        layers, c_in = [], channels
         for c, stride in ((16, 1), (32, 2), (64, 2), (128, 1)):   # receptive field 17 px: a digit
-            layers += [Blur()] if stride == 2 else []
+            layers += [Blur(c_in)] if stride == 2 else []
             layers += [nn.Conv2d(c_in, c, 3, stride, 1), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
-        self.net, self.fc = nn.Sequential(*layers), nn.Linear(128, 10)
+        self.net, self.fc = nn.Sequential(*layers), nn.Linear(128, classes)
 
-    def features(self, x):                                       # x: (N, 1, S, S) in [0, 1]
+    def features(self, x):                                       # x: (N, C, S, S) in [0, 1]
         x = F.adaptive_avg_pool2d(x, JUDGE_SIZE) if x.shape[-1] >= JUDGE_SIZE else \
             F.interpolate(x, JUDGE_SIZE, mode="bilinear", align_corners=False)
         return self.net(x).amax((2, 3))                          # (N, 128)
@@ -216,7 +262,7 @@ class DigitJudge(nn.Module):
 
 
 def shifted(x, gen, max_px=1.5):
-    """x (N, 1, S, S) moved by a random (sub-)pixel amount in [-max_px, max_px] per axis, bilinearly."""
+    """x (N, C, S, S) moved by a random (sub-)pixel amount in [-max_px, max_px] per axis, bilinearly."""
     N, S = x.shape[0], x.shape[-1]
     shift = (torch.rand(N, 1, 1, 2, generator=gen) * 2 - 1) * max_px * 2 / S
     c = (torch.arange(S, dtype=x.dtype) * 2 + 1) / S - 1
@@ -224,21 +270,26 @@ def shifted(x, gen, max_px=1.5):
     return F.grid_sample(x, base - shift, align_corners=False)
 
 
-def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
-    """Trains the digit judge on `frames` frames of real training-split videos (two per video)."""
-    rng, T, S = np.random.default_rng(seed), train_set.frames, train_set.size
+def judge_frames(train_set, frames, rng):
+    """`frames` real frames of the training split, two per video: (uint8 [n, C, S, S], content [n])."""
+    T = train_set.frames
     items = rng.choice(len(train_set), frames // 2, replace=frames // 2 > len(train_set))
     xs, ys = [], []
     for chunk in np.array_split(items, max(1, len(items) // 1000)):  # (memory: 1,000 videos at a time)
-        v, _, d = train_set.render(chunk)
+        v, labels = train_set.clips(chunk)
         t = rng.integers(0, T, (len(chunk), 2))
-        xs.append(v[np.arange(len(chunk))[:, None], t].reshape(-1, S, S))
-        ys.append(np.repeat(d, 2))
-    x = torch.from_numpy(np.concatenate(xs)).float().div(255).unsqueeze(1)
-    y = torch.from_numpy(np.concatenate(ys)).long()
+        xs.append(v[np.arange(len(chunk))[:, None], t].reshape(-1, *v.shape[2:]))
+        ys.append(np.repeat(labels["content"], 2))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
+    """Trains the content judge on `frames` frames of real training-split videos."""
+    x, y = judge_frames(train_set, frames, np.random.default_rng(seed))
+    x, y = torch.from_numpy(x).float().div(255), torch.from_numpy(y).long()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    judge = DigitJudge().to(device)
+    judge = ContentJudge(train_set.channels, int(y.max()) + 1).to(device)
     opt = torch.optim.Adam(judge.parameters(), 3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // 256))
     for epoch in range(epochs):
@@ -250,44 +301,45 @@ def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
             loss.backward()
             opt.step()
             sched.step()
-        log(f"digit judge: epoch {epoch + 1}/{epochs}, last batch loss {loss.item():.3f}")
+        log(f"content judge: epoch {epoch + 1}/{epochs}, last batch loss {loss.item():.3f}")
     return judge.eval()
 
 
 def load_or_fit_judge(train_set, frames, cache, device="cpu", log=print):
-    """The cached judge for these digits, frame size and variant; fitted and saved if absent."""
-    h = hashlib.sha1(train_set.images.tobytes() + train_set.labels.tobytes())
-    h.update(f"{train_set.size} {train_set.variant} {frames} v{JUDGE_VERSION}".encode())
+    """The cached judge for this training split, frame size and length; fitted and saved if absent."""
+    h = hashlib.sha1(f"{train_set.fingerprint} {train_set.describe()} {len(train_set)} {train_set.size} "
+                     f"{train_set.frames} {frames} v{JUDGE_VERSION}".encode())
     path = os.path.join(cache, f"judge_{h.hexdigest()[:16]}.pt")
-    judge = DigitJudge()
     if os.path.isfile(path):
         try:
-            judge.load_state_dict(torch.load(path, weights_only=True))
+            state = torch.load(path, weights_only=True)
+            judge = ContentJudge(train_set.channels, state["fc.weight"].shape[0])
+            judge.load_state_dict(state)
             return judge.to(device).eval(), path
-        except (RuntimeError, OSError, ValueError):
-            log(f"digit judge: {path} unreadable, fitting it again")
+        except (RuntimeError, OSError, ValueError, KeyError):
+            log(f"content judge: {path} unreadable, fitting it again")
     judge = fit_judge(train_set, frames, device=device, log=log)
     try:
         os.makedirs(cache, exist_ok=True)
         torch.save({k: v.cpu() for k, v in judge.state_dict().items()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except OSError as e:
-        log(f"digit judge: not cached ({e.strerror}); it will be fitted again next time")
+        log(f"content judge: not cached ({e.strerror}); it will be fitted again next time")
     return judge, path
 
 
 @torch.no_grad()
 def judge_videos(judge, videos):
-    """videos [N, T, S, S] in [0, 1] (or uint8) -> (probabilities [N, T, 10], features [N * T, 128])."""
-    N, T, S = videos.shape[:3]
-    flat = torch.as_tensor(videos).reshape(-1, 1, S, S)
+    """videos [N, T, C, S, S] in [0, 1] (or uint8) -> (probabilities [N, T, K], features [N * T, 128])."""
+    N, T = videos.shape[:2]
+    flat = torch.as_tensor(videos).reshape(-1, *videos.shape[2:])
     device, scale = next(judge.parameters()).device, 255.0 if videos.dtype == np.uint8 else 1.0
     feats = torch.cat([judge.features(flat[i:i + 4096].to(device).float() / scale)
                        for i in range(0, len(flat), 4096)])
-    return judge.fc(feats).softmax(-1).view(N, T, 10).cpu().numpy(), feats.cpu().numpy()
+    return judge.fc(feats).softmax(-1).view(N, T, -1).cpu().numpy(), feats.cpu().numpy()
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the stages
 
 @torch.no_grad()
 def batched(fn, *arrays, batch=256, device="cpu"):
@@ -300,221 +352,394 @@ def batched(fn, *arrays, batch=256, device="cpu"):
 
 
 def to_model(v):
-    return v.float().unsqueeze(2) / 255                          # (B, T, 1, S, S) in [0, 1]
+    return v.float() / 255                                       # (B, T, C, S, S) in [0, 1]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate an MDBiGAN checkpoint.", allow_abbrev=False)
-    p.add_argument("ckpt", help="checkpoint written by train.py (OUT_DIR/ckpt.pt, or OUT_DIR)")
+    p.add_argument("ckpt", help="checkpoint written by train.py (OUT_DIR, its ckpt.pt or model.pt)")
     p.add_argument("--out-dir", help="where figures and metrics.json go (default: beside ckpt)")
-    p.add_argument("--mnist-dir", help="folder with the MNIST test-set IDX files")
+    p.add_argument("--mnist-dir", help="where the run's MNIST files are now, if they moved")
+    p.add_argument("--data", metavar="FILE.npz", help="where the run's video file is now, if it moved")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--variant", choices=["default", "hard"],
+    p.add_argument("--variant", choices=data.VARIANTS,
                    help="MotionMNIST variant (default: the one the checkpoint trained on)")
     p.add_argument("--max-videos", type=int, default=0, help="use only this many held-out videos "
-                   "(0 = all 8,000)")
-    p.add_argument("--judge-frames", type=int, default=30000, help="real frames the digit judge "
+                   "(0 = all)")
+    p.add_argument("--long", type=int, default=0, metavar="FRAMES", help="also sample videos this "
+                   "long (long.gif; long_* metrics)")
+    p.add_argument("--judge-frames", type=int, default=30000, help="real frames the content judge "
                    "is fitted on, once (default 30,000)")
     p.add_argument("--judge-dir", default=os.path.join(os.path.dirname(data.cache_dir()), "judges"),
-                   help="where fitted digit judges are cached (default ~/.cache/mdbigan/judges)")
+                   help="where fitted judges are cached (default ~/.cache/mdbigan/judges)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes and k-means")
     args = p.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # no source line
-    for k in ("max_videos", "judge_frames"):
-        if getattr(args, k) < (0 if k == "max_videos" else 100):
+    for k, least in (("max_videos", 0), ("judge_frames", 100), ("long", 0)):
+        if getattr(args, k) < least:
             p.error(f"--{k.replace('_', '-')} is too small: {getattr(args, k)}")
+    if args.long == 1:
+        p.error("--long: a long video needs at least 2 frames")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but no CUDA GPU is available: use --device cpu")
-    t0 = time.perf_counter()
+    return args
 
-    def stage(msg):
-        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
+class Failed(Exception):
+    """A problem the user can fix: printed as one line, exit code 2."""
+
+
+def open_run(args, log):
+    """(checkpoint, model, held-out and training splits of its data, output folder)."""
     try:
         ck = load_checkpoint(args.ckpt)
         model = MDBiGAN.from_checkpoint(ck, args.device)                # (read once)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Failed(e) from None
+    spec = dict(ck["args"]["data"])
+    if args.data:
+        if spec["kind"] != "file":
+            raise Failed("--data: this run was trained on MotionMNIST; use --mnist-dir to say where it is")
+        spec["path"] = os.path.abspath(args.data)
+    if args.mnist_dir:
+        if spec["kind"] != "motionmnist":
+            raise Failed("--mnist-dir: this run was trained on a video file; use --data to say where it is")
+        spec["mnist_dir"] = os.path.abspath(args.mnist_dir)
+    if args.variant and args.variant != spec.get("variant"):
+        if spec["kind"] != "motionmnist":
+            raise Failed("--variant is for MotionMNIST runs")
+        spec["variant"] = args.variant
     cfg = model.cfg
-    variant = args.variant or ck["args"].get("variant", "default")
+    try:
+        test = data.open_dataset(spec, "test", cfg.size, cfg.frames, log)
+        train_set = data.open_dataset(spec, "train", cfg.size, cfg.frames, log=lambda *a: None)
+    except (OSError, ValueError) as e:
+        raise Failed(e) from None
     run_dir = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(os.path.abspath(args.ckpt))
-    out = args.out_dir or os.path.join(run_dir, "eval" if variant == "default" else "eval_" + variant)
+    variant = spec.get("variant", "default")
+    out = args.out_dir or os.path.join(run_dir, "eval" if variant == ck["args"]["data"].get("variant", "default")
+                                       else "eval_" + variant)
     try:
         os.makedirs(out, exist_ok=True)
         open(os.path.join(out, ".write_test"), "w").close()
         os.remove(os.path.join(out, ".write_test"))
     except OSError as e:
-        print(f"error: cannot write to output folder {out!r} ({e.strerror}); choose another with "
-              "--out-dir", file=sys.stderr)
-        return 2
-    try:
-        test = data.MotionMNIST("test", args.mnist_dir, cfg.frames, cfg.size, variant=variant)
-        train_set = data.MotionMNIST("train", args.mnist_dir, cfg.frames, cfg.size, variant=variant,
-                                     log=lambda *a: None)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    stage(f"checkpoint {args.ckpt} (step {ck.get('step')}, {cfg.size}x{cfg.size}, T={cfg.frames}, "
-          f"{'where/what' if cfg.structured else 'conv'} family); data {test.source}, {variant} variant")
-
-    n = len(test) if args.max_videos <= 0 else min(args.max_videos, len(test))
-    items = np.arange(len(test)) if n == len(test) else np.sort(rng.choice(len(test), n, replace=False))
-    videos, motions, digits = test.render(items)                 # (N, T, S, S) uint8, kept so
-    dev = args.device
-    z_m = batched(lambda v: model.encode_motion(to_model(v)), videos, device=dev)  # (N, T, dz_m)
-    z_c = batched(lambda v: model.encode_content(to_model(v)), videos, device=dev)
-    stage(f"encoded {n} held-out videos")
-    m = dict.fromkeys(KEYS)
-    m.update(code_metrics(z_m, z_c, videos, motions, digits, items // 8, rng, args.seed))
-    stage("k-means and linear probes on z_M, z_C and raw pixels")
-
-    judge, path = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, dev, log=stage)
-    tv, tm, _ = train_set.render(rng.choice(len(train_set), min(8000, len(train_set)), replace=False))
-    motion_judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    motion_judge.fit(trajectory_features(tv), tm)
-    k = min(n, 2000)                                             # videos per generated set
-    idx = rng.choice(n, k, replace=False)
-    probs, feats = judge_videos(judge, videos[idx])
-    m["judge_digit_acc"] = float((probs.argmax(-1) == digits[idx, None]).mean())
-    m["judge_confidence"] = float(probs.max(-1).mean())
-    m["real_consistency"] = label_stats(probs)[0]
-    m["judge_motion_acc"] = float((motion_judge.predict(trajectory_features(videos)) == motions).mean())
-    rest = np.setdiff1d(np.arange(n), idx)[:k] if n >= 2 * k else idx[k // 2:]
-    m["real_fd"] = frechet_distance(feats if n >= 2 * k else feats[:len(feats) // 2],
-                                    judge_videos(judge, videos[rest])[1])
-    m["real_speed_px"] = speed_px(videos)
-    stage(f"judges ({path}): digit {m['judge_digit_acc']:.3f} (confidence "
-          f"{m['judge_confidence']:.3f}) and motion {m['judge_motion_acc']:.3f} on real held-out videos")
-
-    gen = lambda zc, zm: model.generate(zc.float(), zm.float())[:, :, 0]   # (B, T, S, S)
-    with torch.no_grad():   # "random" z_C: drawn from the content prior the model samples from
-        zc_rand = model.sample(k, dev)[0].cpu().numpy()
-        zs_c, zs_m = (t.cpu().numpy() for t in model.sample(k, dev))
-    perm = rng.permutation(k)                                    # swap: A = idx, B = idx[perm]
-    sets = {"rec_rand": (zc_rand, z_m[idx]), "samples": (zs_c, zs_m), "rec": (z_c[idx], z_m[idx]),
-            "swap": (z_c[idx], z_m[idx[perm]]), "fix_c": (z_c[idx], zs_m)}
-    made = {name: batched(gen, *codes, device=dev) for name, codes in sets.items()}
-    judged = {name: judge_videos(judge, v) for name, v in made.items()}
-    motion_of = lambda v: motion_judge.predict(trajectory_features(v))
-    label_of = lambda name: judged[name][0].argmax(-1)
-
-    m["recon_motion_err_px_random_c"] = motion_error(videos[idx], made["rec_rand"])
-    m["random_c_consistency"], m["random_c_confidence"] = label_stats(judged["rec_rand"][0])[:2]
-    m["random_c_motion_acc"] = m["fix_motion_motion_acc"] = float((motion_of(made["rec_rand"]) == motions[idx]).mean())
-    (m["sample_consistency"], m["sample_confidence"], m["sample_is"], m["sample_h_y_given_x"],
-     m["sample_h_y"]) = label_stats(judged["samples"][0])
-    m["sample_fd"] = frechet_distance(judged["samples"][1], feats)
-    m["sample_speed_px"] = speed_px(made["samples"])
-    m["sample_paths_in_range"] = paths_in_range(made["samples"], videos)
-    m["sample_paths_in_range_1px"] = paths_in_range(made["samples"], videos, tol=1.0)
-    m["recon_motion_err_px"] = motion_error(videos[idx], made["rec"])
-    m["recon_paths_in_range"] = paths_in_range(made["rec"], videos)
-    m["recon_digit_acc"] = float((label_of("rec") == digits[idx, None]).mean())
-    m["swap_digit_acc"] = float((label_of("swap") == digits[idx, None]).mean())
-    m["swap_motion_acc"] = float((motion_of(made["swap"]) == motions[idx[perm]]).mean())
-    m["fix_content_digit_acc"] = float((label_of("fix_c") == digits[idx, None]).mean())
-    stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
-
-    figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev)
-    stage("figures and GIFs")
-    m = {key: (None if v is None else float(v)) for key, v in m.items()}
-    meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "variant": variant,
-            "videos": n, "generated_videos": k, "data": test.source, "frame_size": cfg.size,
-            "digit_judge": f"CNN v{JUDGE_VERSION}"}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({**m, "meta": meta}, f, indent=2)
-    print(f"\n{'metric':30s} {'value':>8s}  how to read it")
-    for key, v in m.items():
-        print(f"{key:30s} {'null' if v is None else f'{v:8.4f}'}  {GUIDE[key]}")
-    stage(f"wrote metrics.json, the figures and GIFs to {out}/")
-    return 0
+        raise Failed(f"cannot write to output folder {out!r} ({e.strerror}); choose another with "
+                     "--out-dir") from None
+    return ck, model, test, train_set, out
 
 
-def code_metrics(z_m, z_c, videos, motions, digits, groups, rng, seed):
-    """Motion clustering and linear probes on the codes, beside the same on raw pixels."""
-    m, n, flat = {}, len(z_m), z_m.reshape(len(z_m), -1)
-    m["motion_nmi"], m["motion_ari"], m["motion_acc"] = cluster_scores(flat, motions, seed=seed)
+class Held:
+    """The held-out videos and what the model makes of them."""
+
+    def __init__(self, test, items, model, device):
+        self.videos, self.labels = test.clips(items)             # (N, T, C, S, S) uint8, kept so
+        self.groups = test.groups(items)
+        enc = lambda f: batched(lambda v: f(to_model(v)), self.videos, device=device)
+        self.z_m, self.z_c = enc(model.encode_motion), enc(model.encode_content)   # (N, T, dz_m), (N, dz_c)
+        self.mnist = isinstance(test, data.MotionMNIST)
+        self.content = "digit" if self.mnist else "content"     # the content label's metric name
+        self.motion_names = test.motion_names
+
+    def named(self):
+        """{metric name of each label: labels}: content is called digit for MotionMNIST."""
+        return {(self.content if k == "content" else k): v for k, v in self.labels.items()}
+
+
+def code_metrics(held, rng, seed):
+    """k-means and probes on z_M and z_C (and raw pixels) for every label the data hold."""
+    m, n, flat = {}, len(held.z_m), held.z_m.reshape(len(held.z_m), -1)
+    labels, probes = held.named(), {}
     sub = rng.choice(n, min(n, 2000), replace=False)
-    pix = PCA(50, random_state=seed).fit_transform(videos[sub].reshape(len(sub), -1) / 255.0)
-    m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
-    probes = {"probe_motion_acc": (flat, motions, groups), "probe_digit_acc": (flat, digits, groups),
-              "pixel_probe_motion_acc": (pix, motions[sub], groups[sub]),
-              "content_probe_digit_acc": (z_c, digits, groups), "content_probe_motion_acc": (z_c, motions, groups)}
-    # one process each: the probes are independent single-threaded fits
+    if "motion" in labels:
+        motions = labels["motion"]
+        m["motion_nmi"], m["motion_ari"], m["motion_acc"] = cluster_scores(flat, motions, seed=seed)
+        pix = PCA(min(50, len(sub) - 1), random_state=seed).fit_transform(
+            held.videos[sub].reshape(len(sub), -1) / 255.0)
+        m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
+        probes["probe_motion_acc"] = (flat, motions, held.groups, False)
+        probes["pixel_probe_motion_acc"] = (pix, motions[sub], held.groups[sub], False)
+    for name, y in labels.items():
+        if name != "motion":                                     # what z_M should not hold
+            probes[f"probe_{name}_acc"] = (flat, y, held.groups, False)
+            probes[f"probe_{name}_acc_mlp"] = (flat, y, held.groups, True)
+        probes[f"content_probe_{name}_acc"] = (held.z_c, y, held.groups, False)
+    # one process each: the probes are independent fits
     accs = Parallel(n_jobs=min(len(probes), os.cpu_count() or 1))(delayed(probe)(*a) for a in probes.values())
     return {**m, **dict(zip(probes, accs))}
 
 
-def figures(out, z_m, motions, videos, idx, made, z_c, model, rng, dev):
-    """The paper's Fig. 4 and 5, motion transfer and samples, as PNGs and (moving) GIFs."""
-    real01 = lambda i: videos[i] / 255.0                         # (T, S, S) in [0, 1]
+def generated_sets(model, held, idx, perm, device):
+    """The videos the metrics judge, [k, T, C, S, S] in [0, 1], named as the metrics are:
+    recon G(E_C(x), E(x)); random_c G(random z_C, E(x)); samples from the priors; swap
+    G(E_C(A), E(B)) with A = idx, B = idx[perm]; fix_content G(E_C(x), sampled z_M)."""
+    k = len(idx)
+    with torch.no_grad():   # "random" z_C: drawn from the content prior the model samples from
+        zc_rand = model.sample(k, device=device)[0].cpu().numpy()
+        zs_c, zs_m = (t.cpu().numpy() for t in model.sample(k, device=device))
+    z_m, z_c = held.z_m[idx], held.z_c[idx]
+    codes = {"recon": (z_c, z_m), "random_c": (zc_rand, z_m), "samples": (zs_c, zs_m),
+             "swap": (z_c, z_m[perm]), "fix_content": (z_c, zs_m)}
+    gen = lambda zc, zm: model.generate(zc.float(), zm.float())
+    return {name: batched(gen, *c, device=device) for name, c in codes.items()}
+
+
+def label_free_metrics(model, held, made, idx, perm, device):
+    """Reconstruction error and the swap cycle's errors relative to each code's spread."""
+    real = held.videos[idx].astype(np.float32) / 255
+    mse = float(((made["recon"] - real) ** 2).mean())
+    swap = made["swap"]
+    z_m_swap = batched(model.encode_motion, swap, device=device)
+    z_c_swap = batched(model.encode_content, swap, device=device)
+    spread = lambda z: np.abs(z - z.mean(0)).mean()              # a random code's distance, about
+    return {"recon_mse": mse, "recon_psnr": float(10 * np.log10(1 / max(mse, 1e-12))),
+            "cycle_motion_err": float(np.abs(z_m_swap - held.z_m[idx][perm]).mean() / spread(held.z_m)),
+            "cycle_content_err": float(np.abs(z_c_swap - held.z_c[idx]).mean() / spread(held.z_c))}
+
+
+def judged_metrics(judge, held, made, idx, n):
+    """The content judge on real held-out frames and on the generated sets."""
+    c, y = held.content, held.labels["content"]
+    m = {}
+    probs, feats = judge_videos(judge, held.videos[idx])
+    m[f"judge_{c}_acc"] = float((probs.argmax(-1) == y[idx, None]).mean())
+    m["judge_confidence"] = float(probs.max(-1).mean())
+    m["real_consistency"] = label_stats(probs)[0]
+    k = len(idx)
+    rest = np.setdiff1d(np.arange(n), idx)[:k] if n >= 2 * k else idx[k // 2:]
+    m["real_fd"] = frechet_distance(feats if n >= 2 * k else feats[:len(feats) // 2],
+                                    judge_videos(judge, held.videos[rest])[1])
+    judged = {name: judge_videos(judge, v) for name, v in made.items()}
+    label_of = lambda name: judged[name][0].argmax(-1)
+    m["random_c_consistency"], m["random_c_confidence"] = label_stats(judged["random_c"][0])[:2]
+    (m["sample_consistency"], m["sample_confidence"], m["sample_is"], m["sample_h_y_given_x"],
+     m["sample_h_y"]) = label_stats(judged["samples"][0])
+    m["sample_fd"] = frechet_distance(judged["samples"][1], feats)
+    for name in ("recon", "swap", "fix_content"):                # each reads the content source's
+        m[f"{name}_{c}_acc"] = float((label_of(name) == y[idx, None]).mean())
+    return m
+
+
+def fit_motion_judge(train_set, rng):
+    """A logistic regression on centre-of-mass paths of up to 8,000 training videos."""
+    items = rng.choice(len(train_set), min(8000, len(train_set)), replace=False)
+    videos, labels = train_set.clips(items)
+    judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    return judge.fit(trajectory_features(grey(videos)), labels["motion"])
+
+
+def motion_metrics(motion_judge, held, made, idx, perm):
+    """MotionMNIST's paths: the motion judge on swaps, motion error in pixels, speed, range."""
+    real = grey(held.videos)
+    moves = lambda v: motion_judge.predict(trajectory_features(grey(v)))
+    motions = held.labels["motion"]
+    m = {"judge_motion_acc": float((moves(held.videos) == motions).mean()),
+         "real_speed_px": speed_px(real)}
+    m["recon_motion_err_px_random_c"] = motion_error(real[idx], grey(made["random_c"]))
+    m["random_c_motion_acc"] = float((moves(made["random_c"]) == motions[idx]).mean())
+    m["sample_speed_px"] = speed_px(grey(made["samples"]))
+    m["sample_paths_in_range"] = paths_in_range(grey(made["samples"]), real)
+    m["sample_paths_in_range_1px"] = paths_in_range(grey(made["samples"]), real, tol=1.0)
+    m["recon_motion_err_px"] = motion_error(real[idx], grey(made["recon"]))
+    m["recon_paths_in_range"] = paths_in_range(grey(made["recon"]), real)
+    m["swap_motion_acc"] = float((moves(made["swap"]) == motions[idx[perm]]).mean())
+    return m
+
+
+def long_videos(model, frames, n, device):
+    """n videos of `frames` frames sampled from the priors, [n, frames, C, S, S] in [0, 1]."""
+    with torch.no_grad():
+        z_c, z_m = model.sample(n, frames=frames, device=device)
+        return torch.cat([model.generate(z_c[i:i + 64], z_m[i:i + 64]).float().cpu()
+                          for i in range(0, n, 64)]).numpy()
+
+
+def long_metrics(judge, held, long):
+    """Whether content holds over long samples (the judge) and motion stays in the frame (MotionMNIST)."""
+    m = {}
+    if judge is not None:
+        m["long_consistency"] = label_stats(judge_videos(judge, long)[0])[0]
+    if held.mnist:
+        m["long_paths_in_range"] = paths_in_range(grey(long), grey(held.videos), tol=1.0)
+    return m
+
+
+def guide(key, held):
+    """(how to read key, target or None), from GUIDE's entry for it or its pattern."""
+    labels = held.named()
+    for pattern, (text, target) in GUIDE.items():
+        for name in [held.content] + list(labels) if "{" in pattern else [None]:
+            if (pattern.format(c=held.content, L=name) if name else pattern) == key:
+                y = labels.get(name if name else held.content)
+                words = text.format(c=held.content, L=name, chance=f"{chance(y):.2f}" if y is not None else "?")
+                return words, target
+    return "", None
+
+
+def verdict(value, target):
+    if target is None or value is None:
+        return ""
+    op, goal = target
+    ok = value >= goal if op == ">=" else value <= goal
+    return f"{op} {goal:g}: {'met' if ok else 'MISSED'}"
+
+
+def write_metrics(out, m, held, meta):
+    """metrics.json (values, and each one's reading) and the printed table with met / missed."""
+    m = {k: (None if v is None else float(v)) for k, v in m.items()}
+    readings = {k: guide(k, held) for k in m}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({**m, "meta": meta, "guide": {k: {"reading": r, "target": t} for k, (r, t) in readings.items()}},
+                  f, indent=2)
+    print(f"\n{'metric':30s} {'value':>8s}  {'target':22s} how to read it")
+    for key, v in m.items():
+        text, target = readings[key]
+        print(f"{key:30s} {'null' if v is None else f'{v:8.4f}'}  {verdict(v, target):22s} {text}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # no source line
+    t0 = time.perf_counter()
+    stage = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+    try:
+        return evaluate(args, stage)
+    except Failed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def evaluate(args, stage):
+    ck, model, test, train_set, out = open_run(args, stage)
+    cfg, dev = model.cfg, args.device
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    stage(f"checkpoint {args.ckpt} (step {ck.get('step')}, {cfg.channels}x{cfg.size}x{cfg.size}, "
+          f"T={cfg.frames}, {'where/what' if cfg.structured else 'conv'} family); data {test.describe()}")
+    n = len(test) if args.max_videos <= 0 else min(args.max_videos, len(test))
+    items = np.arange(len(test)) if n == len(test) else np.sort(rng.choice(len(test), n, replace=False))
+    held = Held(test, items, model, dev)
+    stage(f"encoded {n} held-out videos")
+    m = code_metrics(held, rng, args.seed)
+    stage("k-means and probes on z_M, z_C and raw pixels")
+    has_content = "content" in held.labels
+    judge = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, dev, log=stage)[0] if has_content else None
+    motion_judge = fit_motion_judge(train_set, rng) if held.mnist and test.variant != "affine" else None
+    k = min(n, GENERATED)
+    idx = rng.choice(n, k, replace=False)
+    perm = rng.permutation(k)                                    # swap: A = idx, B = idx[perm]
+    made = generated_sets(model, held, idx, perm, dev)
+    m.update(label_free_metrics(model, held, made, idx, perm, dev))
+    if judge is not None:
+        m.update(judged_metrics(judge, held, made, idx, n))
+    if motion_judge is not None:
+        m.update(motion_metrics(motion_judge, held, made, idx, perm))
+    stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
+    long = long_videos(model, args.long, min(k, 500), dev) if args.long else None
+    if long is not None:
+        m.update(long_metrics(judge, held, long))
+    figures(out, held, idx, made, model, rng, dev, long)
+    stage("figures and GIFs")
+    meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "data": test.describe(),
+            "videos": n, "generated_videos": k, "frame_size": cfg.size, "channels": cfg.channels,
+            "content_judge": f"CNN v{JUDGE_VERSION}" if judge is not None else None}
+    write_metrics(out, m, held, meta)
+    stage(f"wrote metrics.json, the figures and GIFs to {out}/")
+    return 0
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _plt():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")                                        # files only, no display
     import matplotlib.pyplot as plt
+    return plt
+
+
+def scatter_codes(out, held, rng):
+    """fig4_pca.png and fig4_tsne.png: z_M of held-out videos, coloured by motion where labelled."""
     from sklearn.manifold import TSNE
-    flat = z_m.reshape(len(z_m), -1)
+    plt = _plt()
+    flat = held.z_m.reshape(len(held.z_m), -1)
     sub = rng.choice(len(flat), min(2000, len(flat)), replace=False)
+    motions = held.labels.get("motion")
     for name, emb, pts in [("pca", PCA(2).fit_transform(flat), np.arange(len(flat))),
-                           ("tsne", TSNE(2, init="pca", random_state=0).fit_transform(flat[sub]), sub)]:
+                           ("tsne", TSNE(2, init="pca", random_state=0,
+                                         perplexity=min(30, len(sub) - 1)).fit_transform(flat[sub]), sub)]:
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        for c in range(8):
+        if motions is None:
+            ax.scatter(emb[:, 0], emb[:, 1], s=4, color="tab:blue")
+        for c in np.unique(motions) if motions is not None else []:
             sel = motions[pts] == c
-            ax.scatter(emb[sel, 0], emb[sel, 1], s=4, color=plt.cm.tab10(c), label=f"{c}: {data.MOTIONS[c]}")
-        ax.legend(markerscale=3, fontsize=8, loc="best")
-        ax.set_title(f"z_M of {len(pts)} held-out videos ({name.upper()}), by motion")
+            label = f"{c}: {held.motion_names[c]}" if held.motion_names else f"motion {c}"
+            ax.scatter(emb[sel, 0], emb[sel, 1], s=4, color=plt.cm.tab10(c % 10), label=label)
+        if motions is not None:
+            ax.legend(markerscale=3, fontsize=8, loc="best")
+        ax.set_title(f"z_M of {len(pts)} held-out videos ({name.upper()})"
+                     + (", by motion" if motions is not None else ""))
         fig.tight_layout()
         fig.savefig(os.path.join(out, f"fig4_{name}.png"), dpi=100)
         plt.close(fig)
 
-    def strip(rows):                                             # rows of [T, S, S] -> one image
-        return np.concatenate([np.concatenate(list(np.pad(r, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)), 1)
-                               for r in rows], 0)
 
-    def grid(rows, name, title):
-        img = strip(rows)
-        w = min(20, img.shape[1] / 40)                           # inches, the image's own aspect
-        fig, ax = plt.subplots(figsize=(w, w * img.shape[0] / img.shape[1] + 0.5))
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([]), ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=100)
-        plt.close(fig)
+def frames_image(rows):
+    """Rows of videos [T, C, S, S] in [0, 1] -> one image [H, W, C], frames across, grey borders."""
+    pad = lambda v: np.pad(v, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=0.5)
+    img = np.concatenate([np.concatenate(list(pad(r)), 2) for r in rows], 1)   # (C, H, W)
+    return img.transpose(1, 2, 0)
 
-    rows = [v for j in range(6) for v in (real01(idx[j]), made["rec_rand"][j], made["rec"][j])]
-    grid(rows, "fig5_recon.png", "per video: original, G(random z_C, E(x)), G(E_C(x), E(x)); frames across")
-    grid(list(made["samples"][:8]), "samples.png", "videos sampled from the priors")
-    T, S = videos.shape[1:3]
+
+def grid_png(path, rows, title):
+    plt = _plt()
+    img = frames_image(rows)
+    w = min(20, img.shape[1] / 40)                               # inches, the image's own aspect
+    fig, ax = plt.subplots(figsize=(w, w * img.shape[0] / img.shape[1] + 0.5))
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([]), ax.set_yticks([]), ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figures(out, held, idx, made, model, rng, dev, long=None):
+    """The paper's Fig. 4 and 5, motion transfer and samples, as PNGs and (moving) GIFs."""
+    scatter_codes(out, held, rng)
+    real01 = lambda i: held.videos[i] / 255.0                    # (T, C, S, S) in [0, 1]
+    rows = [v for j in range(6) for v in (real01(idx[j]), made["random_c"][j], made["recon"][j])]
+    grid_png(os.path.join(out, "fig5_recon.png"), rows,
+             "per video: original, G(random z_C, E(x)), G(E_C(x), E(x)); frames across")
+    grid_png(os.path.join(out, "samples.png"), list(made["samples"][:8]), "videos sampled from the priors")
     write_gif(os.path.join(out, "samples.gif"), [list(made["samples"][r * 4:r * 4 + 4]) for r in range(3)])
     write_gif(os.path.join(out, "recon.gif"),
-              [[real01(idx[j]), made["rec"][j], made["rec_rand"][j]] for j in range(4)])
+              [[real01(idx[j]), made["recon"][j], made["random_c"][j]] for j in range(4)])
+    if long is not None:
+        write_gif(os.path.join(out, "long.gif"), [list(long[r * 4:r * 4 + 4]) for r in range(2)])
     # content from each row's video, motion from each column's
     pick = idx[:5]
     with torch.no_grad():
-        cells = [[model.generate(torch.as_tensor(z_c[a:a + 1]).to(dev),
-                                 torch.as_tensor(z_m[b:b + 1]).to(dev))[0, :, 0].float().cpu().numpy()
+        cells = [[model.generate(torch.as_tensor(held.z_c[a:a + 1]).to(dev),
+                                 torch.as_tensor(held.z_m[b:b + 1]).to(dev))[0].float().cpu().numpy()
                   for b in pick] for a in pick]
-    blank = np.ones((T, S, S))
+    blank = np.ones_like(real01(pick[0]))
     moving = [[blank] + [real01(b) for b in pick]] + [[real01(a)] + cells[i] for i, a in enumerate(pick)]
     write_gif(os.path.join(out, "swap.gif"), moving)
-    ts = np.linspace(0, T - 1, 5).astype(int)
-    grid([np.concatenate([v[ts] for v in row]) for row in moving], "swap.png",
-         "motion transfer: first column = content source (its own video), top row = motion "
-         "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
+    ts = np.linspace(0, held.videos.shape[1] - 1, 5).astype(int)
+    grid_png(os.path.join(out, "swap.png"), [np.concatenate([v[ts] for v in row]) for row in moving],
+             "motion transfer: first column = content source (its own video), top row = motion "
+             "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
 
 
 def write_gif(path, rows, scale=None):
-    """An animated GIF of a grid of videos: rows of [T, S, S] arrays in [0, 1], 10 frames/s."""
+    """An animated GIF of a grid of videos: rows of [T, C, S, S] arrays in [0, 1], 10 frames/s."""
     from PIL import Image
-    T, S = rows[0][0].shape[:2]
+    T, C, S = rows[0][0].shape[:3]
     scale = scale or max(1, 96 // S)                             # small frames drawn larger
-    pad = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1)), constant_values=0.5)
-    movie = np.concatenate([np.concatenate([pad(v) for v in row], 2) for row in rows], 1)   # (T, H, W)
-    movie = np.kron(movie, np.ones((1, scale, scale)))
-    images = [Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8)) for f in movie]
+    pad = lambda v: np.pad(v, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=0.5)
+    movie = np.concatenate([np.concatenate([pad(v) for v in row], 3) for row in rows], 2)   # (T, C, H, W)
+    movie = movie.repeat(scale, 2).repeat(scale, 3).transpose(0, 2, 3, 1)
+    frames = (np.clip(movie, 0, 1) * 255).astype(np.uint8)
+    images = [Image.fromarray(f[..., 0] if C == 1 else f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
 
 

@@ -4,33 +4,37 @@ A video X = x(1..T) is split into one content code z_C and per-frame motion code
 E: x(t) -> z_M(t); E_C: (X, z_M) -> z_C; G: (z_C, z_M) -> X; the prior over z_M is a GRU with
 linear feedback (kernels/); D_I and D_V score BiGAN pairs, real (x, E(x)) against fake (G(z), z).
 Two families implement E, E_C and G behind one interface, and Config.structured picks one, once:
-the paper's conv nets, or a where/what split (E reads where the digit is, E_C reads glimpses
-there, G places one canvas per video). The model, the paper and what differs: docs/model.md.
+the paper's conv nets, or a where/what split (E reads where the object is, E_C reads glimpses
+there, G places one canvas per video). Frames are grayscale or colour (Config.channels). The
+model, the paper and what differs: docs/model.md.
 
 Usage:
     from mdbigan import Config, MDBiGAN
-    model = MDBiGAN(Config(structured=True))    # or MDBiGAN.from_checkpoint("runs/gpu/ckpt.pt")
+    model = MDBiGAN(Config(structured=True))    # or MDBiGAN.from_checkpoint("pretrained/structured32.pt")
     z_c, z_m = model.sample(8)                  # [8, dim_z_c], [8, T, dim_z_m]
-    videos = model.generate(z_c, z_m)           # [8, T, 1, S, S] in [0, 1]
+    z_c, z_m = model.sample(8, frames=100)      # codes for longer videos: the GRU rolls on
+    videos = model.generate(z_c, z_m)           # [8, T, C, S, S] in [0, 1]
     z_m, z_c = model.encode_motion(videos), model.encode_content(videos)
     d_loss, d_logs = model.d_loss(real_videos)  # discriminator step
     g_loss, g_logs = model.eg_loss(real_videos) # encoder + generator (+ prior) step
 """
 import math
 import os
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CHECKPOINT_VERSION = 4  # bumped when a checkpoint of an older model no longer loads
+CHECKPOINT_VERSION = 5  # bumped when a checkpoint of an older model no longer loads
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     frames: int = 20            # T, frames per video (paper: 20)
-    size: int = 64              # S, frames are S x S grayscale; a power of two >= 16
+    size: int = 64              # S, frames are S x S; a power of two >= 16
+    channels: int = 1           # C, 1 (grayscale) or 3 (RGB)
     dim_z_m: int = 16           # motion code per frame (paper: 16)
     dim_z_c: int = 64           # content code per video (paper: 64)
     dim_eps: int = 16           # size of the GRU input eps / feedback e(t)
@@ -58,11 +62,15 @@ class Config:
     prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
     prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
-
-    @classmethod
-    def small(cls, **kw):
-        """A model for CPU runs: 32x32 frames, fewer channels."""
-        return cls(**{**dict(size=32, ch=32, ch_max=128, d_hidden=128), **kw})
+    decoder: str = "upconv"     # conv G: "upconv" (the paper's: a linear layer to 4x4, transposed
+                                # convs) or "broadcast" (the code at every cell of an 8x8 grid
+                                # with the cell's coordinates, then convs: Watters et al. 2019)
+    content_split: bool = False # rebuild each half of a video's frames with z_C from the other
+                                # half (DRNET, DBSE): z_C cannot carry what changes frame to frame
+    motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
+    swap_weight: float = 0.0    # |E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A|, real codes
+    mi_weight: float = 0.0      # E against a critic of (z_M path, z_C): same video or shuffled
+    scene_weight: float = 0.0   # E against DRNET's scene critic of (z_M(t), z_M(t')) pairs
 
     def validate(self):
         def need(ok, msg):
@@ -70,16 +78,20 @@ class Config:
                 raise ValueError(f"Config.{msg}")
         need(self.size >= 16 and not self.size & (self.size - 1),
              f"size must be a power of two >= 16, got {self.size}")
+        need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
-                  "prior_weight", "sampler_hidden", "prior_components", "prior_temperature"):
+                  "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
+                  "motion_noise", "swap_weight", "mi_weight", "scene_weight"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch"))):
+        need(not self.content_split or self.frames >= 2, "content_split needs frames >= 2")
+        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch")),
+                           ("decoder", ("upconv", "broadcast"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
 
@@ -92,8 +104,9 @@ class Config:
 
 
 def load_checkpoint(path, device="cpu"):
-    """A train.py checkpoint (a file, or the run folder holding ckpt.pt) as a dict; ValueError
-    with a clear message if it is missing, corrupt or of another format."""
+    """A train.py checkpoint (a file, or the run folder holding ckpt.pt) or an inference file
+    (pretrained/*.pt, a run's model.pt) as a dict; ValueError with a one-line message if it is
+    missing, corrupt or of another format."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
@@ -101,12 +114,15 @@ def load_checkpoint(path, device="cpu"):
     try:
         ck = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many kinds for a bad file
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); use another one or start afresh")
-    if not isinstance(ck, dict) or not {"model", "config", "step"} <= set(ck):
-        raise ValueError(f"checkpoint {path} lacks model/config/step: not an MDBiGAN checkpoint")
+        # (torch's own text advises weights_only=False, which would run the file's code)
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}); "
+                         "use another one or start afresh") from None
+    if not isinstance(ck, dict) or "config" not in ck or not {"model", "ema"} & set(ck):
+        raise ValueError(f"checkpoint {path} holds no MDBiGAN model and config: not an MDBiGAN "
+                         "checkpoint")
     if ck.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} was written by an older mdbigan.py (format "
+        age = "an older" if ck.get("version", 1) < CHECKPOINT_VERSION else "a newer"
+        raise ValueError(f"checkpoint {path} was written by {age} mdbigan.py (format "
                          f"{ck.get('version', 1)}, this one reads {CHECKPOINT_VERSION}): train "
                          "again, or use the commit that wrote it")
     return ck
@@ -125,12 +141,32 @@ def gru_feedback_torch(eps, w_ih, w_hh, b_ih, b_hh, w_m, steps):
     return torch.stack(zs, 1)                                   # (B, T, H)
 
 
+_said_no_kernels = False
+
+
 def _gru_feedback(*args, backend="auto"):
+    global _said_no_kernels
     try:  # imported lazily so that this file works on its own
         from kernels import gru_feedback
     except ImportError:
+        if not _said_no_kernels:
+            _said_no_kernels = True
+            warnings.warn("mdbigan: kernels/ is not importable beside mdbigan.py, so the motion "
+                          "prior runs as the plain PyTorch loop (the same math; only slower on a GPU)",
+                          stacklevel=3)
         return gru_feedback_torch(*args)
     return gru_feedback(*args, backend=backend)
+
+
+def sampler_backend(cfg, device):
+    """What runs the motion prior on `device`, in words, for a start-up line."""
+    try:
+        from kernels import backend_for
+    except ImportError:
+        return "PyTorch loop (kernels/ not importable)"
+    if cfg.sampler_backend != "auto":
+        return f"sampler_backend={cfg.sampler_backend!r}"
+    return backend_for(torch.device(device), cfg.sampler_hidden or cfg.dim_z_m)[1]
 
 
 # ---------------------------------------------------------------- shared building blocks
@@ -153,28 +189,65 @@ def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
     return nn.Sequential(*layers), c
 
 
-class UpConv(nn.Module):
-    """Code -> image: linear to base x base, then transposed convs doubling `levels` times.
-    Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that starts black)."""
+def _norm(c):
+    # GroupNorm, not BatchNorm: G then behaves the same in train and eval mode, at any batch
+    return nn.GroupNorm(min(8, c // 2) or 1, c)
 
-    def __init__(self, cfg, dim_in, levels, base=4, out="tanh"):
+
+class Broadcast(nn.Module):
+    """Code -> (c, n, n) features: the code at every cell of an n x n grid beside the cell's (x, y)
+    in [-1, 1], then two 3x3 convs (the spatial broadcast decoder, Watters et al. 2019), so that
+    where something is drawn is a simple function of the code."""
+
+    def __init__(self, dim_in, c, n):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(dim_in + 2, c, 3, 1, 1), _norm(c), nn.ReLU(),
+                                 nn.Conv2d(c, c, 3, 1, 1))
+        xy = torch.linspace(-1, 1, n)
+        self.register_buffer("xy", torch.stack(torch.meshgrid(xy, xy, indexing="xy"))[None],
+                             persistent=False)                  # (1, 2, n, n)
+
+    def forward(self, z):                                       # z: (N, dim_in)
+        N, n = z.shape[0], self.xy.shape[-1]
+        return self.net(torch.cat([z[:, :, None, None].expand(N, z.shape[1], n, n),
+                                   self.xy.expand(N, 2, n, n).to(z.dtype)], 1))
+
+
+class UpConv(nn.Module):
+    """Code -> image of cfg.channels: linear to base x base (or Broadcast at base x base), then
+    transposed convs doubling `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1],
+    a canvas that starts black)."""
+
+    def __init__(self, cfg, dim_in, levels, base=4, out="tanh", broadcast=False):
         super().__init__()
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(levels))]
-        self.fc = nn.Linear(dim_in, chans[0] * base * base)
-        # GroupNorm, not BatchNorm: G then behaves the same in train and eval mode, at any batch
-        norm = lambda c: nn.GroupNorm(min(8, c // 2) or 1, c)
-        layers = [norm(chans[0]), nn.ReLU()]
+        self.fc = Broadcast(dim_in, chans[0], base) if broadcast else nn.Linear(dim_in, chans[0] * base * base)
+        layers = [_norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
             if c_out is None:
-                layers += [nn.ConvTranspose2d(c_in, 1, 4, 2, 1), nn.Tanh() if out == "tanh" else nn.Sigmoid()]
+                layers += [nn.ConvTranspose2d(c_in, cfg.channels, 4, 2, 1),
+                           nn.Tanh() if out == "tanh" else nn.Sigmoid()]
             else:
-                layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), norm(c_out), nn.ReLU()]
+                layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), _norm(c_out), nn.ReLU()]
         self.net, self.shape = nn.Sequential(*layers), (chans[0], base, base)
         if out == "sigmoid":   # black, as the frames' background, not 0.5 grey
             nn.init.constant_(layers[-2].bias, -4.0)
 
     def forward(self, z):                                       # z: (N, dim_in)
-        return self.net(self.fc(z).view(-1, *self.shape))      # (N, 1, base * 2**levels, ...)
+        return self.net(self.fc(z).view(-1, *self.shape))      # (N, C, base * 2**levels, ...)
+
+
+class Critic(nn.Module):
+    """An MLP's logit for a code vector: the MI and scene critics, which E is trained to leave
+    at chance."""
+
+    def __init__(self, dim_in, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, x):                                       # (N, dim_in) -> (N,)
+        return self.net(x)[:, 0]
 
 
 class JointDiscriminator(nn.Module):
@@ -185,7 +258,7 @@ class JointDiscriminator(nn.Module):
         super().__init__()
         h, p = cfg.d_hidden, cfg.d_dropout
         sn = nn.utils.parametrizations.spectral_norm
-        self.convs, c = conv_stack(cfg, 1, sn=True, dims=3 if video else 2)
+        self.convs, c = conv_stack(cfg, cfg.channels, sn=True, dims=3 if video else 2)
         t_out = cfg.frames if video else 1
         for _ in range(_levels(cfg.size) if video else 0):
             t_out = (t_out - 1) // 2 + 1                        # the 3-D convs' stride in time
@@ -196,7 +269,7 @@ class JointDiscriminator(nn.Module):
         self.s_x, self.s_z = sn(nn.Linear(h, 1)), sn(nn.Linear(h, 1))
 
     def forward(self, x, code):
-        """x: (N, 1, S, S) or (N, 1, T, S, S); code: (N, dim_code). Returns [joint, x, z] scores."""
+        """x: (N, C, S, S) or (N, C, T, S, S); code: (N, dim_code). Returns [joint, x, z] scores."""
         fx, fz = self.f_x(self.convs(x)), self.f_z(code)
         return [self.joint(torch.cat([fx, fz], 1)), self.s_x(fx), self.s_z(fz)]
 
@@ -222,23 +295,24 @@ class MotionSampler(nn.Module):
 
 
 # ---------------------------------------------------------------- the paper's family: conv E, E_C, G
-# Every family's modules share one interface (x, videos in [-1, 1] as (B, T, 1, S, S)):
-#   E(x) -> z_M (B, T, dim_z_m) in [-1, 1];  E_C(x, z_M) -> z_C (B, dim_z_c);
-#   G(z_C, z_M) -> x;  E.penalties(x, z_M) and G.penalties(z_C) -> {name: weighted loss term}
-#   the family needs.
+# Every family's modules share one interface (x, videos in [-1, 1] as (B, T, C, S, S)):
+#   E(x) -> z_M (B, T, dim_z_m) in [-1, 1];  E_C(x, z_M) -> z_C (B, dim_z_c);  G(z_C, z_M) -> x;
+#   E.penalties(x, z_M) -> {name: weighted loss term} the family puts on E's reading of real x;
+#   G.reconstruct(z_C, z_M) -> (x, {name: weighted loss term}): G's frames of real codes and the
+#   terms the family puts on them, from one drawing.
 
 class ConvEncoder(nn.Module):
     """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time."""
 
     def __init__(self, cfg, dim_out, pool_time):
         super().__init__()
-        self.convs, c = conv_stack(cfg, 1)
+        self.convs, c = conv_stack(cfg, cfg.channels)
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         B, T = x.shape[:2]
-        h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, C*16)
+        h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
         return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
@@ -252,15 +326,18 @@ class ConvGenerator(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.net, self.size = UpConv(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size)), cfg.size
+        broadcast = cfg.decoder == "broadcast"                  # from 8x8, else from 4x4
+        self.net = UpConv(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size) - broadcast,
+                          base=8 if broadcast else 4, broadcast=broadcast)
+        self.shape = (cfg.channels, cfg.size, cfg.size)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
-        B, T = z_m.shape[:2]
+        B, T = z_m.shape[:2]                                    # any T: G works frame by frame
         z = torch.cat([z_c[:, None].expand(B, T, z_c.shape[1]), z_m], 2)   # (B, T, dz_c + dz_m)
-        return self.net(z.flatten(0, 1)).view(B, T, 1, self.size, self.size)
+        return self.net(z.flatten(0, 1)).view(B, T, *self.shape)
 
-    def penalties(self, z_c):
-        return {}
+    def reconstruct(self, z_c, z_m):
+        return self(z_c, z_m), {}
 
 
 def conv_family(cfg):
@@ -270,13 +347,15 @@ def conv_family(cfg):
 
 
 # ---------------------------------------------------------------- the where/what family
-# E reads only where the digit is, through a 2-number bottleneck, so z_M cannot carry which digit
-# it is (as DDPAE and AIR do for moving digits); E_C reads digit-centred glimpses at the pose that
-# z_M gives; G draws one canvas per video from z_C and places it at that pose, at whole pixels on
-# black as the data are made. Translation only.
+# E reads only where the object is, through a 2-number bottleneck, so z_M cannot carry which
+# object it is (as DDPAE and AIR do for moving digits); E_C reads object-centred glimpses at the
+# pose that z_M gives; G draws one canvas per video from z_C and places it at that pose, at whole
+# pixels on black as MotionMNIST is made. One object, translation only. In colour, the ink's mass
+# is its luminance.
 GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
 DIGIT = 28 / 64  # a digit's width as a fraction of the frame, as data.py renders it
 INK = 0.25       # canvas pixels below this are background (lower left a halo the edge cut)
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601: an RGB pixel's luminance, its ink's mass
 
 
 def grid(pose, size, inverse):
@@ -291,13 +370,13 @@ def grid(pose, size, inverse):
 
 
 def place(canvas, pose, size):
-    """canvas (N, 1, c, c) in [0, 1], pose (N, 2) -> frames (N, 1, size, size) in [0, 1]."""
+    """canvas (N, C, c, c) in [0, 1], pose (N, 2) -> frames (N, C, size, size) in [0, 1]."""
     with torch.autocast(pose.device.type, enabled=False):   # bf16 grids would blur whole pixels
         return F.grid_sample(canvas.float(), grid(pose.float(), size, True), align_corners=False)
 
 
 def glimpse(frames, pose, size):
-    """frames (N, 1, S, S) in [-1, 1], pose (N, 2) -> (N, 1, size, size) around pose, in [-1, 1]."""
+    """frames (N, C, S, S) in [-1, 1], pose (N, 2) -> (N, C, size, size) around pose, in [-1, 1]."""
     with torch.autocast(pose.device.type, enabled=False):
         x = (frames.float() + 1) / 2                            # zeros outside the frame: black
         return F.grid_sample(x, grid(pose.float(), size, False), align_corners=False) * 2 - 1
@@ -322,9 +401,21 @@ def canvas_offset(canvas, size):
     return ink_offset(canvas) * (GLIMPSE * size / canvas.shape[-1])
 
 
+def luminance(image):
+    """image (N, C, n, n) -> (N, 1, n, n): itself if grey, its BT.601 luminance if RGB."""
+    if image.shape[1] == 1:
+        return image
+    return (image * image.new_tensor(LUMA)[:, None, None]).sum(1, keepdim=True)
+
+
 def shown(image):
-    """The ink of image (in [0, 1]): pixels under INK set to 0."""
-    return image * (image > INK)
+    """What G shows of image (N, C, n, n) in [0, 1]: pixels whose luminance is under INK set to 0."""
+    return image * (luminance(image) > INK)
+
+
+def ink(image):
+    """The ink's mass of image (N, C, n, n) in [0, 1], (N, 1, n, n): the luminance G shows."""
+    return luminance(shown(image))
 
 
 class PoseMap(nn.Linear):
@@ -350,7 +441,7 @@ class WhereEncoder(nn.Module):
         super().__init__()
         self.pose, self.anchor_weight = pose, cfg.anchor_weight          # pose: shared with G
         c = cfg.ch
-        self.net = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),
+        self.net = nn.Sequential(nn.Conv2d(cfg.channels, c, 4, 2, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(c, 1, 3, 1, 1))
         self.alpha = nn.Parameter(torch.tensor(5.0))
@@ -359,10 +450,10 @@ class WhereEncoder(nn.Module):
             self.lift.weight.zero_()[:2].copy_(torch.eye(2)[: cfg.dim_z_m])
             self.lift.bias.zero_()
 
-    def forward(self, x):                                       # x: (B, T, 1, S, S) in [-1, 1]
+    def forward(self, x):                                       # x: (B, T, C, S, S) in [-1, 1]
         B, T = x.shape[:2]
         x = x.flatten(0, 1)
-        h = self.net(x) + self.alpha * F.avg_pool2d(x, 2)      # (B*T, 1, S/2, S/2) heatmap logits
+        h = self.net(x) + self.alpha * F.avg_pool2d(luminance(x), 2)   # (B*T, 1, S/2, S/2) logits
         n = h.shape[-1]
         w = h.flatten(1).softmax(1).view(-1, n, n)
         c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
@@ -376,8 +467,8 @@ class WhereEncoder(nn.Module):
         if self.anchor_weight == 0:
             return {}
         S = x.shape[-1]
-        ink = ink_offset(shown((x.flatten(0, 1) + 1) / 2)) / (S / 2)           # (B*T, 2), pose units
-        err = (self.pose(z_m).flatten(0, 1) - ink) * (S / 2)                  # frame pixels
+        centre = ink_offset(ink((x.flatten(0, 1) + 1) / 2)) / (S / 2)        # (B*T, 2), pose units
+        err = (self.pose(z_m).flatten(0, 1) - centre) * (S / 2)               # frame pixels
         return {"anchor": self.anchor_weight * err.pow(2).sum(1).mean()}
 
 
@@ -387,10 +478,10 @@ class GlimpseEncoder(nn.Module):
     def __init__(self, cfg, pose):
         super().__init__()
         self.pose, self.size = pose, round(GLIMPSE * cfg.size)  # pose: shared with G
-        self.convs, c = conv_stack(cfg, 1, levels=_levels(cfg.size) - 1)     # c x c -> 5 x 5
+        self.convs, c = conv_stack(cfg, cfg.channels, levels=_levels(cfg.size) - 1)   # -> 5 x 5
         self.fc = nn.Linear(c * 25, cfg.dim_z_c)
 
-    def forward(self, x, z_m):                                  # (B, T, 1, S, S), (B, T, dim_z_m)
+    def forward(self, x, z_m):                                  # (B, T, C, S, S), (B, T, dim_z_m)
         B, T = x.shape[:2]
         g = glimpse(x.flatten(0, 1), self.pose(z_m).flatten(0, 1), self.size)
         return self.fc(self.convs(g).flatten(1).view(B, T, -1).mean(1))    # (B, dim_z_c)
@@ -408,12 +499,25 @@ class CanvasGenerator(nn.Module):
         self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
+        return self._place(self.draw(z_c), z_m)                 # any T: one canvas per video
+
+    def reconstruct(self, z_c, z_m):
+        """Frames and the centring term of one drawing of the canvases."""
+        canvas = self.draw(z_c)
+        terms = {}
+        if self.centre_weight > 0:
+            # the shown ink's centre of mass at the canvas centre: else where a digit sits in its
+            # canvas is a free convention per digit, and z_M carries the digit through it
+            off = canvas_offset(ink(canvas), self.size)
+            terms["centre"] = self.centre_weight * off.pow(2).sum(1).mean()
+        return self._place(canvas, z_m), terms
+
+    def _place(self, canvas, z_m):                              # (B, C, c, c), (B, T, dim_z_m)
         B, T = z_m.shape[:2]
-        canvas = self.draw(z_c)                                 # (B, 1, c, c) in [0, 1]
         # the ink's centre of mass stays where the data's digits' stays: data.py clips a digit's
         # box to the frame, and an MNIST digit's centre of mass is its box's centre
         px = self.size / 2                                      # frame pixels per pose unit
-        off = canvas_offset(shown(canvas), self.size).detach()[:, None] / px   # (B, 1, 2)
+        off = canvas_offset(ink(canvas), self.size).detach()[:, None] / px      # (B, 1, 2)
         lo, hi = -self.edge - off, self.edge - off
         pose = torch.minimum(torch.maximum(self.pose(z_m), lo), hi)                  # (B, T, 2)
         # whole pixels, rounded inwards at the limits
@@ -423,15 +527,7 @@ class CanvasGenerator(nn.Module):
         smooth = place(canvas, pose.flatten(0, 1), self.size)
         crisp = place(shown(canvas), snapped.flatten(0, 1).detach(), self.size)
         frames = smooth + (crisp - smooth).detach()             # straight-through
-        return (frames * 2 - 1).view(B, T, 1, self.size, self.size)
-
-    def penalties(self, z_c):
-        """The shown ink's centre of mass at the canvas centre: else where a digit sits in its
-        canvas is a free convention per digit, and z_M carries the digit through it."""
-        if self.centre_weight == 0:
-            return {}
-        off = canvas_offset(shown(self.draw(z_c)), self.size)
-        return {"centre": self.centre_weight * off.pow(2).sum(1).mean()}
+        return (frames * 2 - 1).view(B, T, *frames.shape[1:])  # (B, T, C, S, S)
 
 
 def where_what_family(cfg):
@@ -487,64 +583,78 @@ class MDBiGAN(nn.Module):
         self.eps_prior = GaussianMixture(k, cfg.dim_eps, t) if k and self.prior_enc is not None else None
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + cfg.dim_z_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + cfg.dim_z_c, video=True)
+        self.critics = nn.ModuleDict()   # what E is trained to leave at chance (_critic_inputs)
+        if cfg.mi_weight > 0:
+            self.critics["mi"] = Critic(cfg.frames * cfg.dim_z_m + cfg.dim_z_c, cfg.d_hidden)
+        if cfg.scene_weight > 0:
+            self.critics["scene"] = Critic(2 * cfg.dim_z_m, cfg.d_hidden)
+
+    DISCRIMINATORS = ("disc_image", "disc_video", "critics")   # training only: not in inference files
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        """The model of a train.py checkpoint (a file, its run folder, or the dict load_checkpoint
-        gave), in eval mode: the run's average of the weights where it kept one."""
+        """The model of a train.py checkpoint or an inference file (a file, a run folder, or the
+        dict load_checkpoint gave), in eval mode: the run's average of the weights where it kept
+        one. Inference files hold no discriminators; theirs stay as initialised."""
         ck = path if isinstance(path, dict) else load_checkpoint(path, device)
         model = cls(Config.from_dict(ck["config"]))
-        try:
-            model.load_state_dict(ck.get("ema", ck["model"]))
-        except RuntimeError as e:
+        state = ck.get("ema", ck.get("model"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(cls.DISCRIMINATORS)]
+        if missing or unexpected:
             where = "" if isinstance(path, dict) else f" {path}"
             raise ValueError(f"checkpoint{where} does not fit its own config (incompatible version?): "
-                             f"{str(e).splitlines()[0][:200]}")
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         return model.to(device).eval()
+
+    def inference_state_dict(self):
+        """The state dict without the discriminators: what sampling, encoding and evaluation use."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.DISCRIMINATORS)}
 
     # ------------------------------------------------------------------ the API
     def _check(self, videos):
-        T, S = self.cfg.frames, self.cfg.size
-        if videos.dim() != 5 or tuple(videos.shape[1:]) != (T, 1, S, S):
-            raise ValueError(f"videos must be [B, {T}, 1, {S}, {S}] floats in [0, 1], got "
+        T, C, S = self.cfg.frames, self.cfg.channels, self.cfg.size
+        if videos.dim() != 5 or tuple(videos.shape[1:]) != (T, C, S, S):
+            raise ValueError(f"videos must be [B, {T}, {C}, {S}, {S}] floats in [0, 1], got "
                              f"{list(videos.shape)}")
         return videos * 2 - 1                                   # the model works in [-1, 1]
 
     def encode_motion(self, videos):
-        """videos [B, T, 1, S, S] in [0, 1] -> z_M [B, T, dim_z_m]."""
+        """videos [B, T, C, S, S] in [0, 1] -> z_M [B, T, dim_z_m]."""
         return self.enc(self._check(videos))
 
     def encode_content(self, videos):
-        """videos [B, T, 1, S, S] in [0, 1] -> z_C [B, dim_z_c]."""
+        """videos [B, T, C, S, S] in [0, 1] -> z_C [B, dim_z_c]."""
         x = self._check(videos)
         return self.enc_c(x, self.enc(x))
 
-    def sample(self, n, device=None):
+    def sample(self, n, frames=None, device=None):
         """Codes from the priors: z_C [n, dim_z_c] ~ N(0, I) (or the fitted mixture), z_M [n, T,
-        dim_z_m] from the GRU, its eps ~ N(0, I) (or the fitted mixture)."""
+        dim_z_m] from the GRU, its eps ~ N(0, I) (or the fitted mixture). T is the training
+        length unless `frames` says otherwise: the GRU rolls on past it, and G works per frame."""
         device = device or next(self.parameters()).device
         draw = lambda prior, dim: prior.sample(n) if prior is not None else torch.randn(n, dim, device=device)
         z_c = draw(self.content_prior, self.cfg.dim_z_c)
-        return z_c, self.sampler(draw(self.eps_prior, self.cfg.dim_eps), self.cfg.frames)
+        return z_c, self.sampler(draw(self.eps_prior, self.cfg.dim_eps), frames or self.cfg.frames)
 
     @torch.no_grad()
     def prior_codes(self, videos):
         """What the fitted priors imitate: (E_C's z_C [B, dim_z_c], q's mean eps of E's path [B, dim_eps]
-        or None without prior_enc), for videos [B, T, 1, S, S] in [0, 1]."""
+        or None without prior_enc), for videos [B, T, C, S, S] in [0, 1]."""
         x = self._check(videos)
         z_m = self.enc(x)
         eps = self.prior_enc(z_m.flatten(1)).chunk(2, 1)[0] if self.prior_enc is not None else None
         return self.enc_c(x, z_m), eps
 
     def generate(self, z_c, z_m):
-        """(z_C [B, dim_z_c], z_M [B, T, dim_z_m]) -> videos [B, T, 1, S, S] in [0, 1]."""
+        """(z_C [B, dim_z_c], z_M [B, T, dim_z_m]) -> videos [B, T, C, S, S] in [0, 1], any T."""
         return (self.gen(z_c, z_m) + 1) / 2
 
     # ------------------------------------------------------------------ losses
     def _scores(self, x, z_m, z_c, t_idx):
         """D_I on frames t_idx (B, k) and D_V on whole videos; lists of score tensors."""
         b_idx = torch.arange(x.shape[0], device=x.device)[:, None]
-        frames = x[b_idx, t_idx].flatten(0, 1)                  # (B*k, 1, S, S)
+        frames = x[b_idx, t_idx].flatten(0, 1)                  # (B*k, C, S, S)
         codes = z_m[b_idx, t_idx].flatten(0, 1)                 # (B*k, dim_z_m)
         codes = torch.cat([codes, z_c.repeat_interleave(t_idx.shape[1], 0)], 1)
         vcode = torch.cat([z_m.flatten(1), z_c], 1)             # (B, T*dim_z_m + dim_z_c)
@@ -583,36 +693,93 @@ class MDBiGAN(nn.Module):
         else:
             terms = [F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads]
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
-        return d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
+        total, logs = d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
+        for name, (same, other) in self._critic_inputs(zm_r, zc_r).items():
+            critic = self.critics[name]
+            loss = F.softplus(-critic(same)).mean() + F.softplus(critic(other)).mean()
+            total, logs["d_" + name] = total + loss, loss.detach()
+        return total, logs
 
     def eg_loss(self, videos):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
-        reconstruction and latent consistency terms, the family's penalties and the prior fit."""
-        cfg = self.cfg
-        (x, zm_r, zc_r), (xf, zm_f, zc_f), t_idx = self._pairs(videos)
-        heads = self._heads(self._scores(x, zm_r, zc_r, t_idx), self._scores(xf, zm_f, zc_f, t_idx))
-        if cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
-            adv = sum(a.mean() - b.mean() for a, b in heads)
-        else:                      # non-saturating, labels swapped
-            adv = sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)
-        logs, total = {"g": adv.detach()}, cfg.adv_weight * adv
-        if cfg.recon_weight > 0:
-            rec = (self.gen(zc_r, zm_r) - x).pow(2).mean()
-            total, logs["rec"] = total + cfg.recon_weight * rec, rec.detach()
-        for name, term in {**self.enc.penalties(x, zm_r), **self.gen.penalties(zc_r)}.items():
-            total, logs[name] = total + term, term.detach()
-        if cfg.latent_weight > 0:
-            # trains E, E_C and G, not the prior (its codes detached, G run again on them): into
-            # the sampler this term outweighed the adversarial one
-            zm_f, zc_f = zm_f.detach(), zc_f.detach()
-            xf = self.gen(zc_f, zm_f)
-            zm_rec = self.enc(xf)
-            lat = (zm_rec - zm_f).abs().mean() + (self.enc_c(xf, zm_rec) - zc_f).abs().mean()
-            total, logs["lat"] = total + cfg.latent_weight * lat, lat.detach()
+        reconstruction, the family's penalties, the latent consistency and the prior fit. Logs
+        each term unweighted (a family's penalties carry their own weights)."""
+        real, fake, t_idx = self._pairs(videos)
+        terms = {"g": (self.cfg.adv_weight, self._eg_adversarial(real, fake, t_idx))}
+        terms.update(self._reconstruction(*real))
+        if self.cfg.swap_weight > 0:
+            terms["swap"] = (self.cfg.swap_weight, self._swap_cycle(*real))
+        for name, (same, other) in self._critic_inputs(*real[1:]).items():
+            critic, half = self.critics[name], torch.full_like(same[:, 0], 0.5)
+            chance = (F.binary_cross_entropy_with_logits(critic(same), half)
+                      + F.binary_cross_entropy_with_logits(critic(other), half)) / 2
+            terms[name] = (getattr(self.cfg, name + "_weight"), chance)
+        if self.cfg.latent_weight > 0:
+            terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
         if self.prior_enc is not None:                          # trains the sampler and q only
-            prior = self.prior_fit(zm_r.detach())
-            total, logs["prior"] = total + cfg.prior_weight * prior, prior.detach()
-        return total, logs
+            terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
+        total = sum(w * v for w, v in terms.values())
+        return total, {k: v.detach() for k, (_, v) in terms.items()}
+
+    def _eg_adversarial(self, real, fake, t_idx):
+        heads = self._heads(self._scores(*real, t_idx), self._scores(*fake, t_idx))
+        if self.cfg.loss == "hinge":    # BigBiGAN: E and G minimise s(real) - s(fake)
+            return sum(a.mean() - b.mean() for a, b in heads)
+        return sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)   # labels swapped
+
+    def _reconstruction(self, x, z_m, z_c):
+        """{name: (weight, term)}: |G(E_C(x), E(x)) - x|^2 and the family's penalties."""
+        if self.cfg.content_split:
+            x, z_m, z_c = self._other_half(x, z_m)
+        if self.cfg.motion_noise > 0:
+            z_m = z_m + self.cfg.motion_noise * torch.randn_like(z_m)
+        x_rec, g_terms = self.gen.reconstruct(z_c, z_m)
+        terms = {"rec": (self.cfg.recon_weight, (x_rec - x).pow(2).mean())} if self.cfg.recon_weight > 0 else {}
+        for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
+            terms[name] = (1.0, term)
+        return terms
+
+    def _other_half(self, x, z_m):
+        """The frames of x (B, T, ...) in two random halves, stacked (2B, T // 2, ...), with their
+        z_M and, for each half, the z_C of the other half's frames."""
+        T = x.shape[1]
+        perm = torch.randperm(T, device=x.device)
+        a, b = perm[: T // 2], perm[T // 2: T // 2 * 2]
+        z_c = torch.cat([self.enc_c(x[:, b], z_m[:, b]), self.enc_c(x[:, a], z_m[:, a])])
+        return torch.cat([x[:, a], x[:, b]]), torch.cat([z_m[:, a], z_m[:, b]]), z_c
+
+    def _swap_cycle(self, x, z_m, z_c):
+        """|E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A| over the batch's real codes, B the
+        next video: G must draw A's content moving as B, and E and E_C read them back apart."""
+        other = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
+        x_swap = self.gen(z_c, z_m[other])
+        z_m_swap = self.enc(x_swap)
+        return ((z_m_swap - z_m[other].detach()).abs().mean()
+                + (self.enc_c(x_swap, z_m_swap) - z_c.detach()).abs().mean())
+
+    def _critic_inputs(self, z_m, z_c):
+        """{critic: (inputs from one video, inputs shuffled across videos)}: the MI critic's
+        (z_M path, z_C) and the scene critic's (z_M(t), z_M(t')); z_C is a fixed target for E."""
+        B, T = z_m.shape[:2]
+        other = torch.roll(torch.arange(B, device=z_m.device), 1)
+        z_c, out = z_c.detach(), {}
+        if "mi" in self.critics:
+            out["mi"] = (torch.cat([z_m.flatten(1), z_c], 1), torch.cat([z_m.flatten(1), z_c[other]], 1))
+        if "scene" in self.critics:
+            t = torch.rand(B, T, device=z_m.device).argsort(1)[:, :2]
+            rows = torch.arange(B, device=z_m.device)
+            first, second = z_m[rows, t[:, 0]], z_m[rows, t[:, 1]]
+            out["scene"] = (torch.cat([first, second], 1), torch.cat([first, second[other]], 1))
+        return out
+
+    def _latent_consistency(self, x_fake, z_m, z_c):
+        """|E(G(z)) - z_M| + |E_C(G(z)) - z_C| for codes from the priors. It trains E, E_C and G,
+        not the prior (its codes detached, G run again on them): into the sampler this term
+        outweighed the adversarial one."""
+        z_m, z_c = z_m.detach(), z_c.detach()
+        x = self.gen(z_c, z_m)
+        z_m_rec = self.enc(x)
+        return (z_m_rec - z_m).abs().mean() + (self.enc_c(x, z_m_rec) - z_c).abs().mean()
 
     def prior_fit(self, path):
         """Negative ELBO of code paths [B, T, dim_z_m] under the sampler as a VAE's decoder,
@@ -633,8 +800,8 @@ class MDBiGAN(nn.Module):
         raise ValueError(f"step must be 'd' or 'eg', got {step!r}")
 
     def d_parameters(self):
-        """D_I's and D_V's parameters."""
-        return list(self.disc_image.parameters()) + list(self.disc_video.parameters())
+        """D_I's, D_V's and the critics' parameters."""
+        return [p for name in self.DISCRIMINATORS for p in getattr(self, name).parameters()]
 
     def eg_parameters(self):
         """Every other parameter: E, E_C, G, the sampler and q (each once, shared ones too)."""

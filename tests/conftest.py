@@ -1,5 +1,5 @@
 """Shared pytest set-up and fixtures: the Triton interpreter without a GPU, no network, the repo on
-sys.path, fake MNIST files, real MNIST where $MDBIGAN_MNIST_DIR points to it, a tiny Config.
+sys.path, fake MNIST files, real MNIST where $MDBIGAN_MNIST_DIR points to it, the tiny preset.
 
 TRITON_INTERPRET must be set before a Triton kernel is defined, so it is set here, at collection,
 when there is no GPU. Run: python -m pytest -q   (MDBIGAN_MNIST_DIR=DIR adds the real-MNIST tests)
@@ -17,9 +17,10 @@ if not torch.cuda.is_available():  # on a GPU the kernel tests compile the kerne
 os.environ.setdefault("MDBIGAN_OFFLINE", "1")          # tests never try to download MNIST
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdbigan import Config  # noqa: E402
+import train  # noqa: E402
 
-TINY = dict(frames=5, size=16, dim_z_c=8, dim_z_m=4, dim_eps=3, ch=4, ch_max=8, d_hidden=16)
+TINY = train.PRESETS["tiny"].config            # the one tiny model: tests vary it with replace()
+SMALL = train.PRESETS["structured32"].config   # the CPU preset's model, 32x32
 
 
 def write_idx(path, arr, magic, gz=True):
@@ -69,9 +70,3 @@ def real_mnist_dir():
     if not os.path.isdir(folder):
         pytest.skip("real MNIST: set MDBIGAN_MNIST_DIR to a folder with the MNIST test-set files")
     return folder
-
-
-@pytest.fixture
-def tiny_cfg():
-    """A Config small enough for a CPU test step in well under a second."""
-    return Config(**TINY)

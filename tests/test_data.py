@@ -205,9 +205,12 @@ def test_preview_writes_a_png(mnist_dir, tmp_path):
 def test_export_round_trips(mnist_dir, tmp_path):
     assert data.main(["--export", str(tmp_path / "v.npz"), "--count", "12", "--mnist-dir", mnist_dir]) == 0
     z = np.load(tmp_path / "v.npz")
-    assert z["videos"].shape == (12, 20, 64, 64) and z["motions"].tolist() == [i % 8 for i in range(12)]
+    assert z["videos"].shape == (12, 20, 64, 64) and z["motion"].tolist() == [i % 8 for i in range(12)]
     ds = data.MotionMNIST("test", mnist_dir)
-    assert np.array_equal(z["videos"], ds.render(np.arange(12))[0])
+    videos, motion, digit = ds.render(np.arange(12))
+    assert np.array_equal(z["videos"], videos) and np.array_equal(z["content"], digit)
+    read, labels = data.read_videos(str(tmp_path / "v.npz"))   # what train.py --data reads
+    assert read.shape == (12, 20, 64, 64, 1) and sorted(labels) == ["content", "motion"]
 
 
 def test_cli_error_on_missing_folder(tmp_path):

@@ -97,17 +97,22 @@ def test_judge_blur_is_a_low_pass():
     """Before each stride-2 conv the judge low-passes: a constant passes, the checkerboard (the
     frequency a stride of 2 aliases to a constant) is removed."""
     x = torch.ones(2, 3, 8, 8)
-    torch.testing.assert_close(ev.Blur()(x), x)
+    torch.testing.assert_close(ev.Blur(3)(x), x)
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
-    assert ev.Blur()(checker.expand(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6
+    assert ev.Blur(1)(checker.expand(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6
 
 
-def test_write_gif_is_animated(tmp_path):
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey", "colour"])
+def test_write_gif_is_animated(tmp_path, channels):
     from PIL import Image
-    v = np.random.default_rng(0).random((6, 8, 8))
+    v = np.random.default_rng(0).random((6, channels, 8, 8))
+    v[0, :, 0, 0] = (1.0, 0.0, 0.0)[:channels]                  # a red (or white) pixel
     ev.write_gif(str(tmp_path / "a.gif"), [[v, v], [v, v]])
     with Image.open(tmp_path / "a.gif") as im:
         assert im.n_frames == 6 and im.size == (2 * 10 * 12, 2 * 10 * 12)
+        first = np.asarray(im.convert("RGB"))
+    want = (255, 0, 0) if channels == 3 else (255, 255, 255)
+    assert tuple(first[12, 12]) == want                          # scale 12, 1 px border
 
 
 def test_judge_is_cached(tmp_path, mnist_dir):
@@ -146,17 +151,24 @@ def evaluated(tmp_path_factory, mnist_dir):
 
 
 FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
-             "recon_digit_acc", "sample_consistency", "swap_motion_acc", "swap_digit_acc",
-             "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
-             "fix_motion_motion_acc", "sample_paths_in_range", "sample_paths_in_range_1px",
-             "recon_paths_in_range", "judge_digit_acc"]
+             "probe_digit_acc_mlp", "recon_digit_acc", "sample_consistency", "swap_motion_acc",
+             "swap_digit_acc", "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
+             "sample_paths_in_range", "sample_paths_in_range_1px", "recon_paths_in_range",
+             "judge_digit_acc", "content_probe_digit_acc", "content_probe_motion_acc"]
+MOTION_MNIST_KEYS = FRACTIONS + [
+    "motion_ari", "pixel_ari", "pixel_acc", "pixel_probe_motion_acc", "recon_mse", "recon_psnr",
+    "cycle_motion_err", "cycle_content_err", "recon_motion_err_px", "recon_motion_err_px_random_c",
+    "sample_confidence", "sample_is", "sample_h_y_given_x", "sample_h_y", "sample_fd", "real_fd",
+    "random_c_confidence", "judge_confidence", "real_consistency", "judge_motion_acc",
+    "sample_speed_px", "real_speed_px"]
 
 
-def test_eval_writes_every_metric(evaluated):
+def test_eval_writes_every_metric_with_its_reading(evaluated):
     m = json.loads((evaluated[0] / "metrics.json").read_text())
-    assert set(m) - {"meta"} == set(ev.KEYS)
-    for k in ev.KEYS:
+    assert set(m) - {"meta", "guide"} == set(MOTION_MNIST_KEYS)
+    for k in MOTION_MNIST_KEYS:
         assert m[k] is not None, k
+        assert m["guide"][k]["reading"], k                       # every number says how to read it
 
 
 def test_eval_metrics_are_in_range(evaluated):
@@ -184,7 +196,8 @@ def test_eval_writes_moving_pictures(evaluated, name):
 
 def test_eval_prints_how_to_read_each_number(evaluated):
     out = evaluated[1]
-    assert re.search(r"motion_nmi +[\d.]+ +higher is better", out)
+    assert re.search(r"motion_nmi +[\d.]+ +>= 0.95: (met|MISSED) +k-means .*higher is better", out)
+    assert re.search(r"sample_fd +[\d.]+ +samples: Frechet", out)   # no target: no verdict
     assert str(evaluated[0]) in out.splitlines()[-1]             # ends by naming the folder
 
 

@@ -3,6 +3,7 @@
     python -m pytest tests/test_model.py -q
 """
 import dataclasses
+from dataclasses import replace
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import SMALL, TINY
 import mdbigan
 from mdbigan import Config, MDBiGAN, gru_feedback_torch
 
@@ -20,8 +21,8 @@ def videos(cfg, B=3, seed=0):
     return torch.rand(B, cfg.frames, 1, cfg.size, cfg.size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("cfg", [Config(), Config.small(), Config(**TINY), Config.small(structured=True),
-                                 Config(**{**TINY, "sampler_hidden": 7}, structured=True)],
+@pytest.mark.parametrize("cfg", [Config(), replace(SMALL, structured=False), TINY, SMALL,
+                                 replace(TINY, sampler_hidden=7, structured=True)],
                          ids=["paper", "small", "tiny", "small-structured", "tiny-structured"])
 def test_api_shapes(cfg):
     torch.manual_seed(0)
@@ -43,7 +44,7 @@ def test_api_shapes(cfg):
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
-    cfg = Config(**TINY, **kw)
+    cfg = replace(TINY, **kw)
     torch.manual_seed(0)
     m = MDBiGAN(cfg)
     x = videos(cfg)
@@ -112,7 +113,7 @@ def test_prior_fit_learns_code_paths():
     """prior_weight: fitting the sampler as a VAE decoder of E's code paths lowers its loss, and
     then paths sampled from N(0, I) stay inside the range of the training paths (|z| <= 0.5)."""
     torch.manual_seed(0)
-    cfg = Config(**{**TINY, "frames": 8, "dim_eps": 4}, structured=True, prior_weight=1.0,
+    cfg = replace(TINY, frames=8, structured=True, prior_weight=1.0,
                  sampler_hidden=16)   # (with the state = the code, paths cannot cross)
     m = MDBiGAN(cfg)
     t = torch.linspace(0, 1, cfg.frames)[None, :, None]
@@ -136,7 +137,7 @@ def test_prior_fit_learns_code_paths():
 def test_prior_learns_from_its_fit_alone():
     """With prior_weight, no other E/G term sends a gradient into the sampler."""
     torch.manual_seed(0)
-    m = MDBiGAN(Config(**TINY, structured=True, prior_weight=1.0, sampler_hidden=6))
+    m = MDBiGAN(replace(TINY, structured=True, prior_weight=1.0, sampler_hidden=6))
     m.prior_fit = lambda path: path.sum() * 0.0                 # the fit's own gradient removed
     m.eg_loss(videos(m.cfg))[0].backward()
     assert all(p.grad is None or not p.grad.any() for p in m.sampler.parameters())
@@ -185,12 +186,12 @@ def test_anchor_measures_where_e_looks_against_the_ink_in_frame_pixels():
     """E.penalties: (pose of z_M - the frame's ink centre of mass)^2 in frame pixels, the ink being
     what lies above INK (the faint halo does not move the centre)."""
     S = 32
-    m = MDBiGAN(Config.small(frames=2, structured=True, anchor_weight=1.0))
+    m = MDBiGAN(replace(SMALL, frames=2, anchor_weight=1.0))
     x = torch.full((1, 2, 1, S, S), -1.0)                        # black, in [-1, 1]
     x[0, :, 0, 10, 20] = 1.0                                     # ink centred at pixel (20, 10)
     x[0, :, 0, 0, 0] = -1 + 2 * 0.2                              # a faint speck: not ink
     ink = (torch.tensor([20.5, 10.5]) - S / 2) / (S / 2)         # pose units: centres at (2i+1)/S - 1
-    z_m = torch.zeros(1, 2, Config.small().dim_z_m)
+    z_m = torch.zeros(1, 2, SMALL.dim_z_m)
     z_m[0, 0, :2] = ink                                          # PoseMap starts as the identity
     z_m[0, 1, :2] = ink + torch.tensor([3.0, 4.0]) / (S / 2)    # 5 px off
     torch.testing.assert_close(m.enc.penalties(x, z_m)["anchor"], torch.tensor(25.0 / 2), atol=1e-4, rtol=0)
@@ -200,7 +201,7 @@ def test_structured_motion_code_is_a_two_number_bottleneck():
     """Whatever the frames hold, E's z_M(t) = tanh(W p + b) with p in R^2: atanh(z_M) - b spans
     at most 2 dimensions, so z_M can carry where the digit is but not which digit it is."""
     torch.manual_seed(0)
-    cfg = Config.small(structured=True)
+    cfg = SMALL
     m = MDBiGAN(cfg)
     with torch.no_grad():
         for p in m.enc.lift.parameters():     # away from the [I; 0] start: a generic W (small
@@ -213,7 +214,7 @@ def test_structured_motion_code_is_a_two_number_bottleneck():
 
 def test_fake_frames_for_d_image_come_from_all_steps():
     """D_I sees fake frames from every time step (the authors' code used only the first)."""
-    cfg = Config(**TINY, image_frames=2, recon_weight=0.0)
+    cfg = replace(TINY, image_frames=2, recon_weight=0.0)
     m = MDBiGAN(cfg)
     paths, codes, seen = [], [], set()
     m.sampler.register_forward_hook(lambda mod, inp, out: paths.append(out))
@@ -231,7 +232,7 @@ def test_fake_frames_for_d_image_come_from_all_steps():
 
 
 def test_seeded_determinism_and_state_dict_roundtrip():
-    cfg = Config(**TINY)
+    cfg = TINY
     out = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -248,20 +249,19 @@ def test_seeded_determinism_and_state_dict_roundtrip():
 
 def test_sampler_same_through_both_kernel_backends():
     import kernels  # noqa: F401  (the interpreter is set up by conftest)
-    cfg = Config(**TINY)
-    m = MDBiGAN(cfg)
-    eps = torch.randn(6, cfg.dim_eps)
-    m.cfg.sampler_backend = "torch"
-    a = m.sampler(eps, cfg.frames)
-    m.cfg.sampler_backend = "triton"
-    b = m.sampler(eps, cfg.frames)
+    m = MDBiGAN(TINY)
+    eps = torch.randn(6, TINY.dim_eps)
+    m.sampler.backend = "torch"
+    a = m.sampler(eps, TINY.frames)
+    m.sampler.backend = "triton"
+    b = m.sampler(eps, TINY.frames)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_videos_of_the_wrong_shape_are_a_clear_error():
-    m = MDBiGAN(Config(**TINY))
-    with pytest.raises(ValueError, match=r"videos must be \[B, 5, 1, 16, 16\]"):
-        m.encode_motion(torch.rand(2, 5, 16, 16))
+    m = MDBiGAN(TINY)
+    with pytest.raises(ValueError, match=r"videos must be \[B, 4, 1, 16, 16\]"):
+        m.encode_motion(torch.rand(2, 4, 16, 16))
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -286,7 +286,7 @@ def test_unknown_config_field_is_a_clear_error():
 @pytest.mark.parametrize("structured", [False, True], ids=["conv", "where-what"])
 def test_from_checkpoint_round_trips(tmp_path, structured):
     torch.manual_seed(0)
-    m = MDBiGAN(Config(**TINY, structured=structured))
+    m = MDBiGAN(replace(TINY, structured=structured))
     torch.save({"version": mdbigan.CHECKPOINT_VERSION, "model": m.state_dict(),
                 "config": dataclasses.asdict(m.cfg), "step": 1, "args": {}}, tmp_path / "ckpt.pt")
     for path in (tmp_path / "ckpt.pt", tmp_path):                # the file, or its folder
@@ -298,7 +298,7 @@ def test_from_checkpoint_round_trips(tmp_path, structured):
 
 def test_from_checkpoint_takes_the_runs_average_of_the_weights(tmp_path):
     torch.manual_seed(0)
-    m, avg = MDBiGAN(Config(**TINY)), MDBiGAN(Config(**TINY))
+    m, avg = MDBiGAN(TINY), MDBiGAN(TINY)
     torch.save({"version": mdbigan.CHECKPOINT_VERSION, "model": m.state_dict(), "ema": avg.state_dict(),
                 "config": dataclasses.asdict(m.cfg), "step": 1, "args": {}}, tmp_path / "ckpt.pt")
     x = videos(m.cfg)
@@ -307,7 +307,7 @@ def test_from_checkpoint_takes_the_runs_average_of_the_weights(tmp_path):
 
 
 def test_checkpoint_of_an_older_version_is_a_clear_error(tmp_path):
-    m = MDBiGAN(Config(**TINY))
+    m = MDBiGAN(TINY)
     torch.save({"model": m.state_dict(), "config": dataclasses.asdict(m.cfg), "step": 1},
                tmp_path / "old.pt")
     with pytest.raises(ValueError, match="older mdbigan.py"):
@@ -346,7 +346,7 @@ def test_losses_under_bf16_autocast(kw):
     """Training on CUDA runs under bf16 autocast: every loss works there (the recurrence and the
     canvas geometry stay in fp32); checked with the CPU's bf16 autocast."""
     torch.manual_seed(0)
-    m = MDBiGAN(Config(**TINY, **kw))
+    m = MDBiGAN(replace(TINY, **kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         d_loss, _ = m.d_loss(videos(m.cfg))
         g_loss, logs = m.eg_loss(videos(m.cfg))
@@ -397,7 +397,7 @@ def test_mixture_temperature_scales_the_spread():
 
 def test_sample_uses_the_fitted_priors():
     torch.manual_seed(0)
-    m = MDBiGAN(Config(**TINY, structured=True, prior_weight=1.0, prior_components=3))
+    m = MDBiGAN(replace(TINY, structured=True, prior_weight=1.0, prior_components=3))
     m.content_prior.set([1.0, 0, 0], torch.full((3, 8), 7.0), torch.eye(8).repeat(3, 1, 1) * 1e-6)
     z_c, z_m = m.sample(4)
     torch.testing.assert_close(z_c, torch.full((4, 8), 7.0), atol=0.01, rtol=0)

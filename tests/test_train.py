@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -202,8 +203,7 @@ def test_cuda_training_step_bf16(tmp_path, mnist_dir):
 
 @pytest.mark.parametrize("structured", [False, True], ids=["conv", "where-what"])
 def test_channels_last_gives_the_same_losses(structured):
-    cfg = Config(frames=4, size=16, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8, d_hidden=16,
-                 structured=structured, d_dropout=0.0)
+    cfg = replace(train.PRESETS["tiny"].config, structured=structured, d_dropout=0.0)
     x = torch.rand(3, 4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     out = []
     for channels_last in (False, True):
