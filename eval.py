@@ -55,7 +55,7 @@ from sklearn.preprocessing import StandardScaler
 import data
 from mdbigan import MDBiGAN, load_checkpoint
 
-JUDGE_VERSION = 3     # bump when ContentJudge or its training changes: cached judges are then refitted
+JUDGE_VERSION = 2     # bump when ContentJudge or its training changes: cached judges are then refitted
 JUDGE_SIZE = 32       # frames are pooled (or upsampled) to 32x32 for the judge: one net for any size
 GENERATED = 2000      # videos per generated set
 
