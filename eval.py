@@ -135,9 +135,11 @@ def probe(features, labels, groups, mlp=False):
     """Linear (or MLP) probe: fitted on the first half of the groups, scored on the rest. A
     linear probe understates what a nonlinear code carries, hence the MLP beside it."""
     fit = groups < np.median(groups)
-    if mlp:
+    if len(np.unique(labels[fit])) < 2 or fit.all() or not fit.any():
+        return None                                              # too few videos to say anything
+    if mlp:   # (early stopping holds out a tenth of the fit: only where that is enough to measure)
         clf = make_pipeline(StandardScaler(), MLPClassifier((256,), alpha=1e-3, max_iter=300,
-                                                            early_stopping=True, random_state=0))
+                                                            early_stopping=fit.sum() >= 500, random_state=0))
     else:
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     with warnings.catch_warnings():
@@ -465,7 +467,7 @@ def code_metrics(held, rng, seed):
             probes[f"probe_{name}_acc_mlp"] = (flat, y, held.groups, True)
         probes[f"content_probe_{name}_acc"] = (held.z_c, y, held.groups, False)
     # one process each: the probes are independent fits
-    accs = Parallel(n_jobs=min(len(probes), os.cpu_count() or 1))(delayed(probe)(*a) for a in probes.values())
+    accs = Parallel(n_jobs=max(1, min(len(probes), os.cpu_count() or 1)))(delayed(probe)(*a) for a in probes.values())
     return {**m, **dict(zip(probes, accs))}
 
 
@@ -706,15 +708,16 @@ def figures(out, held, idx, made, model, rng, dev, long=None):
     """The paper's Fig. 4 and 5, motion transfer and samples, as PNGs and (moving) GIFs."""
     scatter_codes(out, held, rng)
     real01 = lambda i: held.videos[i] / 255.0                    # (T, C, S, S) in [0, 1]
-    rows = [v for j in range(6) for v in (real01(idx[j]), made["random_c"][j], made["recon"][j])]
+    k = len(idx)                                                 # (few when the data are few)
+    rows = [v for j in range(min(6, k)) for v in (real01(idx[j]), made["random_c"][j], made["recon"][j])]
     grid_png(os.path.join(out, "fig5_recon.png"), rows,
              "per video: original, G(random z_C, E(x)), G(E_C(x), E(x)); frames across")
     grid_png(os.path.join(out, "samples.png"), list(made["samples"][:8]), "videos sampled from the priors")
-    write_gif(os.path.join(out, "samples.gif"), [list(made["samples"][r * 4:r * 4 + 4]) for r in range(3)])
+    write_gif(os.path.join(out, "samples.gif"), rows_of(made["samples"][:12], 4))
     write_gif(os.path.join(out, "recon.gif"),
-              [[real01(idx[j]), made["recon"][j], made["random_c"][j]] for j in range(4)])
+              [[real01(idx[j]), made["recon"][j], made["random_c"][j]] for j in range(min(4, k))])
     if long is not None:
-        write_gif(os.path.join(out, "long.gif"), [list(long[r * 4:r * 4 + 4]) for r in range(2)])
+        write_gif(os.path.join(out, "long.gif"), rows_of(long[:8], 4))
     # content from each row's video, motion from each column's
     pick = idx[:5]
     with torch.no_grad():
@@ -728,6 +731,13 @@ def figures(out, held, idx, made, model, rng, dev, long=None):
     grid_png(os.path.join(out, "swap.png"), [np.concatenate([v[ts] for v in row]) for row in moving],
              "motion transfer: first column = content source (its own video), top row = motion "
              "source; cell = G(E_C(row), E(column)); frames 0, T/4, .., T-1")
+
+
+def rows_of(videos, width):
+    """Videos [n, ...] as rows of `width` (the last one padded with blank videos)."""
+    videos = list(videos)
+    videos += [np.ones_like(videos[0])] * (-len(videos) % width)
+    return [videos[i:i + width] for i in range(0, len(videos), width)]
 
 
 def write_gif(path, rows, scale=None):

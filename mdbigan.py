@@ -63,11 +63,15 @@ class Config:
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
     prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
     decoder: str = "upconv"     # conv G: "upconv" (the paper's: a linear layer to 4x4, transposed
-                                # convs) or "broadcast" (the code at every cell of an 8x8 grid
+                                # convs), "broadcast" (the code at every cell of an 8x8 grid
                                 # with the cell's coordinates, then convs: Watters et al. 2019)
+                                # or "film" (z_M lays out the map, z_C modulates its channels)
     content_split: bool = False # rebuild each half of a video's frames with z_C from the other
                                 # half (DRNET, DBSE): z_C cannot carry what changes frame to frame
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
+    motion_centred: bool = False  # conv E: z_M(t) from frame t's code minus its mean over the
+                                # video (DBSE subtracts the first frame's), so that nothing
+                                # constant over a video, as its content is, passes through z_M
     swap_weight: float = 0.0    # |E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A|, real codes
     mi_weight: float = 0.0      # E against a critic of (z_M path, z_C): same video or shuffled
     scene_weight: float = 0.0   # E against DRNET's scene critic of (z_M(t), z_M(t')) pairs
@@ -91,7 +95,7 @@ class Config:
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
         need(not self.content_split or self.frames >= 2, "content_split needs frames >= 2")
         for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch")),
-                           ("decoder", ("upconv", "broadcast"))):
+                           ("decoder", ("upconv", "broadcast", "film"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
 
@@ -101,6 +105,14 @@ class Config:
         if unknown:
             raise ValueError(f"unknown Config fields {sorted(unknown)}: checkpoint from another version?")
         return cls(**d).validate()
+
+
+def relative_l1(pred, target, codes):
+    """|pred - target| over the mean |codes - their mean| (detached): 0 exact, ~1 as far as a
+    random code of the batch."""
+    dims = tuple(range(codes.dim() - 1))
+    spread = (codes - codes.mean(dims)).abs().mean().detach()
+    return (pred - target).abs().mean() / (spread + 1e-6)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -308,14 +320,17 @@ class ConvEncoder(nn.Module):
         super().__init__()
         self.convs, c = conv_stack(cfg, cfg.channels)
         self.fc = nn.Linear(c * 16, dim_out)
-        self.pool_time = pool_time
+        self.pool_time, self.centred = pool_time, cfg.motion_centred and not pool_time
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
-        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
+        u = self.fc(h).view(B, T, -1)
+        if self.centred:
+            u = u - u.mean(1, keepdim=True)
+        return torch.tanh(u)                                    # (B, T, dim_out), the GRU's range
 
     def penalties(self, x, z_m):
         return {}
@@ -340,10 +355,38 @@ class ConvGenerator(nn.Module):
         return self(z_c, z_m), {}
 
 
+class ModulatedGenerator(nn.Module):
+    """G for any motion: z_M(t) lays out a 4x4 map, and z_C sets the gain and bias of every
+    channel at every level (FiLM, as StyleGAN's styles), so that what is drawn comes from z_C and
+    where and how it stands from z_M: joined by a product, not a sum of their projections."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(_levels(cfg.size)))]
+        self.layout = nn.Linear(cfg.dim_z_m, chans[0] * 16)
+        self.style = nn.Linear(cfg.dim_z_c, 2 * sum(chans))    # a gain and a bias per channel
+        self.norms = nn.ModuleList(nn.GroupNorm(min(8, c // 2) or 1, c, affine=False) for c in chans)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, 2, 1)
+                                 for a, b in zip(chans, chans[1:] + [cfg.channels]))
+        self.chans, self.shape = chans, (cfg.channels, cfg.size, cfg.size)
+
+    def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
+        B, T = z_m.shape[:2]
+        h = self.layout(z_m.flatten(0, 1)).view(B * T, self.chans[0], 4, 4)
+        styles = self.style(z_c).repeat_interleave(T, 0).split(self.chans * 2, 1)   # per video
+        for i, (norm, up) in enumerate(zip(self.norms, self.ups)):
+            gain, bias = styles[i], styles[len(self.chans) + i]
+            h = up(F.relu(norm(h) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]))
+        return torch.tanh(h).view(B, T, *self.shape)
+
+    def reconstruct(self, z_c, z_m):
+        return self(z_c, z_m), {}
+
+
 def conv_family(cfg):
     """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper)."""
-    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
-            ConvGenerator(cfg))
+    gen = ModulatedGenerator(cfg) if cfg.decoder == "film" else ConvGenerator(cfg)
+    return ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True), gen
 
 
 # ---------------------------------------------------------------- the where/what family
@@ -750,12 +793,14 @@ class MDBiGAN(nn.Module):
 
     def _swap_cycle(self, x, z_m, z_c):
         """|E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A| over the batch's real codes, B the
-        next video: G must draw A's content moving as B, and E and E_C read them back apart."""
+        next video, each relative to its code's spread in the batch (so neither code's scale sets
+        the weight): G must draw A's content moving as B, and E must read B's motion whatever the
+        content, so z_M cannot keep content that G does not draw."""
         other = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
         x_swap = self.gen(z_c, z_m[other])
         z_m_swap = self.enc(x_swap)
-        return ((z_m_swap - z_m[other].detach()).abs().mean()
-                + (self.enc_c(x_swap, z_m_swap) - z_c.detach()).abs().mean())
+        return (relative_l1(z_m_swap, z_m[other].detach(), z_m)
+                + relative_l1(self.enc_c(x_swap, z_m_swap), z_c.detach(), z_c))
 
     def _critic_inputs(self, z_m, z_c):
         """{critic: (inputs from one video, inputs shuffled across videos)}: the MI critic's
