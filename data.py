@@ -1,20 +1,32 @@
-"""MotionMNIST: MNIST test digits moving in 8 directions (MDBiGAN paper, section 4.1).
+"""MotionMNIST (MNIST test digits moving in 8 ways; MDBiGAN paper, section 4.1) and video files.
 
-NumPy and the standard library only (scikit-learn and matplotlib are imported lazily, for the
-offline fallback digits and the preview picture), so this file can be copied into any project.
+NumPy and the standard library only (scikit-learn, matplotlib and torch are imported lazily: for
+the offline fallback digits, the preview picture, and resizing a video file's frames), so this
+file can be copied into any project.
 
 Each of the MNIST test digits is given each of 8 motions; the video at index i*8 + m is digit i
 with motion m. Default videos are 20 frames of 64x64 uint8, the digit's top-left corner moving
-from the starts below (README, Data) at M / T px per frame (M = 64 - 28 = 36, T = 20: 1.8 px),
+from the starts below (docs/model.md) at M / T px per frame (M = 64 - 28 = 36, T = 20: 1.8 px),
 plus N(0, 1) px jitter per frame, rounded to whole pixels and clipped so the digit stays in the
 frame. A smaller frame scales the digit, the positions and the jitter by size / 64.
 
     label  0 down  1 up  2 left  3 right  4 TL->BR  5 BL->TR  6 TR->BL  7 BR->TL
 
+Variants (the same labels 0..7, sizes and splits):
+  hard     every video gets a random speed (0.6 to 1.8 px per frame at 64x64 and T = 20) and a
+           random start that keeps the digit wholly inside the frame, so that position alone no
+           longer gives the motion away.
+  affine   motions translation cannot express. Labels 0..3 move as the default's (down, up,
+           left, right); the others stay at the frame's centre (with the jitter) and
+               4 clockwise       turn clockwise on screen by 8 degrees a frame, from -76 to +76
+               5 anticlockwise   the same the other way
+               6 zoom in         grow from 0.6 to 1.2 times the default digit's size
+               7 zoom out        shrink from 1.2 to 0.6 times
+           about the middle frame (AFFINE_DEGREES, AFFINE_SCALES: over T frames, the same
+           range), bilinearly resampled.
 Options: `rotate=True` turns the digit by a fresh angle in [0, 15) degrees at every frame, as the
-authors' code did (it makes the digit flicker, so it is off by default); `variant="hard"` gives
-every video a random speed (0.6 to 1.8 px per frame at 64x64 and T = 20) and a random start that
-keeps the digit wholly inside the frame, so that position alone no longer gives the motion away.
+authors' code did (it makes the digit flicker, so it is off by default); `colour=True` draws each
+video's digit in one of 6 hues (HUES: red, yellow, green, cyan, blue, magenta), its label "hue".
 
 Held-out split: the last 10% of the digits (MNIST: test digits 9000..9999, 8,000 videos) form
 split "test"; training uses split "train" and never sees them; "all" is every video.
@@ -24,9 +36,13 @@ variable MDBIGAN_MNIST_DIR, the cache folder ~/.cache/mdbigan/mnist, a download 
 test-set files (MD5-checked, written atomically into the cache; MDBIGAN_OFFLINE=1 skips it), and
 last the 1,797 8x8 digits that ship with scikit-learn, resized to 28x28, with a warning.
 
+Video files (train.py --data, VideoFile): an .npz holding `videos`, uint8 [N, T, H, W] or
+[N, T, H, W, C] with C = 1 or 3, and optional int label arrays [N] (`content`, `motion`, any
+other name), which only evaluation reads. `--export` writes MotionMNIST in exactly this format.
+
 Usage:
-    python data.py --preview motions.png [--mnist-dir DIR] [--variant hard]
-    python data.py --export videos.npz --count 1000 [--split test]
+    python data.py --preview motions.png [--mnist-dir DIR] [--variant affine] [--colour]
+    python data.py --export videos.npz --count 1000 [--split test] [--size 32] [--colour]
     python data.py --bench                      # videos/s of batch rendering on one core
     python data.py --download [--mnist-dir DIR] # fetch MNIST into the cache (or DIR)
 
@@ -34,6 +50,7 @@ Usage:
     ds = MotionMNIST("train", mnist_dir="path/to/mnist")
     video, motion, digit = ds[0]                # uint8 [20, 64, 64], int, int
     videos, motions, digits = ds.render(np.arange(256))   # a batch, vectorised
+    videos, labels = ds.clips(np.arange(256))   # uint8 [256, 20, 1, 64, 64], {"motion", "content"}
 """
 import argparse
 import gzip

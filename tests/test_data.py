@@ -215,3 +215,53 @@ def test_export_round_trips(mnist_dir, tmp_path):
 
 def test_cli_error_on_missing_folder(tmp_path):
     assert data.main(["--preview", str(tmp_path / "q.png"), "--mnist-dir", "/no/such"]) == 1
+
+
+def test_works_copied_alone(tmp_path):
+    """data.py copied alone into an empty folder renders MotionMNIST (NumPy only)."""
+    import shutil
+    import subprocess
+    import sys
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "data.py"), tmp_path)
+    code = ("import numpy as np, sys, data\n"
+            "digits = np.random.default_rng(0).integers(0, 256, (3, 14, 14), np.uint8)\n"
+            "v = data.render(digits, np.array([0, 4, 7]), np.arange(3), frames=5, size=32, variant='affine')\n"
+            "assert 'torch' not in sys.modules\n"
+            "print(v.shape, v.dtype)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "(3, 5, 32, 32) uint8" in r.stdout
+
+
+def test_affine_variant_turns_and_zooms(mnist_dir):
+    """Labels 0..3 translate as the default's; 4, 5 turn in opposite senses about the centre; 6, 7
+    grow and shrink there (the ink's spread from its centre of mass, frame by frame)."""
+    ds = data.MotionMNIST("all", mnist_dir, variant="affine", jitter=0.0)
+    default = data.MotionMNIST("all", mnist_dir, jitter=0.0)
+    videos, motions, _ = ds.render(np.arange(16))
+    assert np.array_equal(videos[motions < 4], default.render(np.arange(16))[0][motions < 4])
+    w = videos.astype(float)
+    c = com(videos)                                              # (N, T, 2)
+    yy, xx = np.mgrid[0:64, 0:64]
+    spread = np.sqrt(((xx - c[..., :1, None]) ** 2 + (yy - c[..., 1:, None]) ** 2) * w).sum((-1, -2)) / w.sum((-1, -2))
+    zoom_in, zoom_out = spread[motions == 6], spread[motions == 7]
+    assert (zoom_in[:, -1] > 1.6 * zoom_in[:, 0]).all() and (zoom_out[:, 0] > 1.6 * zoom_out[:, -1]).all()
+    assert np.abs(c[motions >= 4] - c[motions >= 4].mean(1, keepdims=True)).max() < 3   # in place
+    angles, scales = data.affine_pose(np.arange(8), 20)
+    assert angles[4, -1] > 0 > angles[4, 0] and angles[5, -1] < 0 < angles[5, 0]
+    assert scales[6, 0] < scales[6, -1] and (angles[:4] == 0).all()
+    assert data.motion_names("affine")[4:] == ("clockwise", "anticlockwise", "zoom in", "zoom out")
+
+
+def test_colour_videos_take_one_hue_each(mnist_dir):
+    ds = data.MotionMNIST("test", mnist_dir, colour=True, size=32)
+    videos, labels = ds.clips(np.arange(24))
+    grey, _, digits = ds.render(np.arange(24))
+    assert videos.shape == (24, 20, 3, 32, 32) and np.array_equal(labels["content"], digits)
+    ink = grey > 0
+    for i in range(24):                                          # every lit pixel: the hue times the grey
+        want = np.rint(grey[i][:, None] * data.HUES[labels["hue"][i]][None, :, None, None])
+        assert np.array_equal(videos[i], want.astype(np.uint8)), i
+    assert len(set(labels["hue"])) > 3 and ink.any()
