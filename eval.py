@@ -31,7 +31,6 @@ Judges are fitted once and cached (~/.cache/mdbigan/judges); their accuracy on r
 videos is reported as their ceiling.
 """
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -309,7 +308,8 @@ def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
 
 def load_or_fit_judge(train_set, frames, cache, device="cpu", log=print):
     """The cached judge for this training split, frame size and length; fitted and saved if absent."""
-    h = hashlib.sha1(f"{train_set.fingerprint} {train_set.describe()} {len(train_set)} {train_set.size} "
+    what = [type(train_set).__name__, getattr(train_set, "variant", ""), getattr(train_set, "colour", "")]
+    h = hashlib.sha1(f"{train_set.fingerprint} {what} {len(train_set)} {train_set.size} "
                      f"{train_set.frames} {frames} v{JUDGE_VERSION}".encode())
     path = os.path.join(cache, f"judge_{h.hexdigest()[:16]}.pt")
     if os.path.isfile(path):

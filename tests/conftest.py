@@ -6,6 +6,8 @@ when there is no GPU. Run: python -m pytest -q   (MDBIGAN_MNIST_DIR=DIR adds the
 """
 import gzip
 import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -70,3 +72,13 @@ def real_mnist_dir():
     if not os.path.isdir(folder):
         pytest.skip("real MNIST: set MDBIGAN_MNIST_DIR to a folder with the MNIST test-set files")
     return folder
+
+
+def run_copied_alone(src, tmp_path, script, **env):
+    """Runs `script` in a fresh Python in tmp_path, where the file src is copied alone and nothing
+    else of this repository is importable (no PYTHONPATH): the copy promise. Returns the
+    completed process; env adds environment variables."""
+    shutil.copy(src, tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import data
+from conftest import run_copied_alone
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
@@ -219,18 +220,12 @@ def test_cli_error_on_missing_folder(tmp_path):
 
 def test_works_copied_alone(tmp_path):
     """data.py copied alone into an empty folder renders MotionMNIST (NumPy only)."""
-    import shutil
-    import subprocess
-    import sys
-    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "data.py"), tmp_path)
     code = ("import numpy as np, sys, data\n"
             "digits = np.random.default_rng(0).integers(0, 256, (3, 14, 14), np.uint8)\n"
             "v = data.render(digits, np.array([0, 4, 7]), np.arange(3), frames=5, size=32, variant='affine')\n"
             "assert 'torch' not in sys.modules\n"
             "print(v.shape, v.dtype)\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = run_copied_alone(os.path.join(os.path.dirname(__file__), "..", "data.py"), tmp_path, code)
     assert r.returncode == 0, r.stderr
     assert "(3, 5, 32, 32) uint8" in r.stdout
 

@@ -6,14 +6,12 @@ GPU for real when one is present (the `cuda` tests are skipped without one).
 """
 import os
 import re
-import shutil
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 
+from conftest import run_copied_alone
 from kernels import backend_for, gru_feedback, gru_feedback_ref
 from kernels import fused_recurrent as fr
 
@@ -228,13 +226,9 @@ def test_torch_without_triton_op_says_which_version(monkeypatch):
 
 
 def run_alone(tmp_path, script):
-    """Runs `script` in a fresh Python with kernels/fused_recurrent.py copied alone into tmp_path
-    (cwd), the interpreter on and no PYTHONPATH: the repository cannot be imported from there."""
-    shutil.copy(fr.__file__, tmp_path / "fused_recurrent.py")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
+    """Runs `script` with kernels/fused_recurrent.py copied alone into tmp_path, the interpreter
+    on: the repository cannot be imported from there."""
+    r = run_copied_alone(fr.__file__, tmp_path, script, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 

@@ -5,14 +5,11 @@
 import dataclasses
 from dataclasses import replace
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import SMALL, TINY
+from conftest import SMALL, TINY, run_copied_alone
 import mdbigan
 from mdbigan import Config, MDBiGAN, gru_feedback_torch
 
@@ -330,15 +327,12 @@ def test_copied_alone_recurrence_equals_kernel_reference(B, H, E, steps):
 def test_works_copied_alone(tmp_path):
     """mdbigan.py alone in an empty folder trains a tiny step, and says once, plainly, that the
     motion prior runs as the PyTorch loop without kernels/."""
-    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "mdbigan.py"), tmp_path)
     code = ("import torch, mdbigan\n"
             "m = mdbigan.MDBiGAN(mdbigan.Config(frames=3, size=16, ch=4, ch_max=8, d_hidden=8))\n"
             "v = m.generate(*m.sample(2)); l, _ = m.eg_loss(v.detach()); l.backward()\n"
             "m.sample(2)\n"
             "print(tuple(v.shape), mdbigan.sampler_backend(m.cfg, 'cpu'))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = run_copied_alone(os.path.join(os.path.dirname(__file__), "..", "mdbigan.py"), tmp_path, code)
     assert r.returncode == 0, r.stderr
     assert "(2, 3, 1, 16, 16) PyTorch loop (kernels/ not importable)" in r.stdout
     assert r.stderr.count("kernels/ is not importable") == 1, r.stderr
