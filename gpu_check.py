@@ -10,14 +10,15 @@ Stages, each a subprocess with its own time limit, its output written to OUT_DIR
                        the paper preset; profile.txt: torch.profiler's top ops by GPU time
   5. run/              train.py, the default GPU preset for --minutes (log, losses, samples, ckpt)
   6. run/eval/         eval.py on that checkpoint, on the GPU: metrics.json and figures
-  7. paper/            with --paper-minutes M: the paper preset trained after 5 (while 6 runs in a
-                       background thread) and evaluated; this adds M minutes and an evaluation:
-                       raise --budget to match
+  7. generic/, paper/  with --generic-minutes M / --paper-minutes M: the generic64 / paper preset
+                       trained after 5 (while 6 runs in a background thread) and evaluated; each
+                       adds M minutes and an evaluation: raise --budget to match
 Works offline with torch, triton, numpy, scikit-learn and matplotlib. Without CUDA it stops at once,
 unless --dry-run, which runs every stage at tiny size on the CPU (to test this script).
 
 Usage:
     python gpu_check.py OUT_DIR --mnist-dir DIR               # ~8 minutes
+    python gpu_check.py OUT_DIR --mnist-dir DIR --minutes 3 --generic-minutes 3 --budget 10
     python gpu_check.py OUT_DIR --mnist-dir DIR --minutes 5 --paper-minutes 5 --budget 17
     python gpu_check.py OUT_DIR --dry-run
 """
@@ -55,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--mnist-dir", help="folder with the MNIST test-set IDX files (no download)")
     p.add_argument("--minutes", type=float, default=2.5, help="training time of the default "
                    "GPU preset (at most 5; default 2.5, so that the whole check fits 8 minutes)")
+    p.add_argument("--generic-minutes", type=float, default=0.0, help="also train and evaluate "
+                   "the generic64 preset this long (default 0: skip)")
     p.add_argument("--paper-minutes", type=float, default=0.0, help="also train and evaluate the "
                    "paper preset this long (default 0: skip)")
     p.add_argument("--budget", type=float, default=8.0, help="minutes for everything; stages "
@@ -63,8 +66,9 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 0 < args.minutes <= 5:
         p.error(f"--minutes must be in (0, 5], got {args.minutes}")
-    if args.paper_minutes < 0:
-        p.error(f"--paper-minutes must be >= 0, got {args.paper_minutes}")
+    for k in ("generic_minutes", "paper_minutes"):
+        if getattr(args, k) < 0:
+            p.error(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
     if args.mnist_dir and not os.path.isdir(args.mnist_dir):
         p.error(f"--mnist-dir {args.mnist_dir!r} is not a folder")
     return args
@@ -196,8 +200,10 @@ def main(argv=None):
     versions_stage(check)
     gpu_tests_and_benchmarks(check)
     runs = [("run", "tiny" if args.dry_run else "structured64", args.minutes)]
-    if args.paper_minutes > 0:
-        runs.append(("paper", "tiny" if args.dry_run else "paper", args.paper_minutes))
+    for folder, preset, minutes in (("generic", "generic64", args.generic_minutes),
+                                    ("paper", "paper", args.paper_minutes)):
+        if minutes > 0:
+            runs.append((folder, "tiny" if args.dry_run else preset, minutes))
     train_and_eval_stages(check, runs)
     print(f"done in {(time.monotonic() - t_start) / 60:.1f} min: {check.out}/summary.txt", flush=True)
     return 0

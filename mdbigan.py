@@ -62,19 +62,7 @@ class Config:
     prior_components: int = 0   # > 0: z_C and eps are drawn from mixtures fitted after training to
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
     prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
-    decoder: str = "upconv"     # conv G: "upconv" (the paper's: a linear layer to 4x4, transposed
-                                # convs), "broadcast" (the code at every cell of an 8x8 grid
-                                # with the cell's coordinates, then convs: Watters et al. 2019)
-                                # or "film" (z_M lays out the map, z_C modulates its channels)
-    content_split: bool = False # rebuild each half of a video's frames with z_C from the other
-                                # half (DRNET, DBSE): z_C cannot carry what changes frame to frame
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
-    motion_centred: bool = False  # conv E: z_M(t) from frame t's code minus its mean over the
-                                # video (DBSE subtracts the first frame's), so that nothing
-                                # constant over a video, as its content is, passes through z_M
-    swap_weight: float = 0.0    # |E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A|, real codes
-    mi_weight: float = 0.0      # E against a critic of (z_M path, z_C): same video or shuffled
-    scene_weight: float = 0.0   # E against DRNET's scene critic of (z_M(t), z_M(t')) pairs
 
     def validate(self):
         def need(ok, msg):
@@ -89,13 +77,11 @@ class Config:
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
                   "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
-                  "motion_noise", "swap_weight", "mi_weight", "scene_weight"):
+                  "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        need(not self.content_split or self.frames >= 2, "content_split needs frames >= 2")
-        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch")),
-                           ("decoder", ("upconv", "broadcast", "film"))):
+        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
 
@@ -105,14 +91,6 @@ class Config:
         if unknown:
             raise ValueError(f"unknown Config fields {sorted(unknown)}: checkpoint from another version?")
         return cls(**d).validate()
-
-
-def relative_l1(pred, target, codes):
-    """|pred - target| over the mean |codes - their mean| (detached): 0 exact, ~1 as far as a
-    random code of the batch."""
-    dims = tuple(range(codes.dim() - 1))
-    spread = (codes - codes.mean(dims)).abs().mean().detach()
-    return (pred - target).abs().mean() / (spread + 1e-6)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -206,34 +184,14 @@ def _norm(c):
     return nn.GroupNorm(min(8, c // 2) or 1, c)
 
 
-class Broadcast(nn.Module):
-    """Code -> (c, n, n) features: the code at every cell of an n x n grid beside the cell's (x, y)
-    in [-1, 1], then two 3x3 convs (the spatial broadcast decoder, Watters et al. 2019), so that
-    where something is drawn is a simple function of the code."""
-
-    def __init__(self, dim_in, c, n):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(dim_in + 2, c, 3, 1, 1), _norm(c), nn.ReLU(),
-                                 nn.Conv2d(c, c, 3, 1, 1))
-        xy = torch.linspace(-1, 1, n)
-        self.register_buffer("xy", torch.stack(torch.meshgrid(xy, xy, indexing="xy"))[None],
-                             persistent=False)                  # (1, 2, n, n)
-
-    def forward(self, z):                                       # z: (N, dim_in)
-        N, n = z.shape[0], self.xy.shape[-1]
-        return self.net(torch.cat([z[:, :, None, None].expand(N, z.shape[1], n, n),
-                                   self.xy.expand(N, 2, n, n).to(z.dtype)], 1))
-
-
 class UpConv(nn.Module):
-    """Code -> image of cfg.channels: linear to base x base (or Broadcast at base x base), then
-    transposed convs doubling `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1],
-    a canvas that starts black)."""
+    """Code -> image of cfg.channels: linear to base x base, then transposed convs doubling
+    `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that starts black)."""
 
-    def __init__(self, cfg, dim_in, levels, base=4, out="tanh", broadcast=False):
+    def __init__(self, cfg, dim_in, levels, base=4, out="tanh"):
         super().__init__()
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(levels))]
-        self.fc = Broadcast(dim_in, chans[0], base) if broadcast else nn.Linear(dim_in, chans[0] * base * base)
+        self.fc = nn.Linear(dim_in, chans[0] * base * base)
         layers = [_norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
             if c_out is None:
@@ -247,19 +205,6 @@ class UpConv(nn.Module):
 
     def forward(self, z):                                       # z: (N, dim_in)
         return self.net(self.fc(z).view(-1, *self.shape))      # (N, C, base * 2**levels, ...)
-
-
-class Critic(nn.Module):
-    """An MLP's logit for a code vector: the MI and scene critics, which E is trained to leave
-    at chance."""
-
-    def __init__(self, dim_in, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
-
-    def forward(self, x):                                       # (N, dim_in) -> (N,)
-        return self.net(x)[:, 0]
 
 
 class JointDiscriminator(nn.Module):
@@ -320,17 +265,14 @@ class ConvEncoder(nn.Module):
         super().__init__()
         self.convs, c = conv_stack(cfg, cfg.channels)
         self.fc = nn.Linear(c * 16, dim_out)
-        self.pool_time, self.centred = pool_time, cfg.motion_centred and not pool_time
+        self.pool_time = pool_time
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
-        u = self.fc(h).view(B, T, -1)
-        if self.centred:
-            u = u - u.mean(1, keepdim=True)
-        return torch.tanh(u)                                    # (B, T, dim_out), the GRU's range
+        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
 
     def penalties(self, x, z_m):
         return {}
@@ -341,9 +283,7 @@ class ConvGenerator(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        broadcast = cfg.decoder == "broadcast"                  # from 8x8, else from 4x4
-        self.net = UpConv(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size) - broadcast,
-                          base=8 if broadcast else 4, broadcast=broadcast)
+        self.net = UpConv(cfg, cfg.dim_z_c + cfg.dim_z_m, _levels(cfg.size))
         self.shape = (cfg.channels, cfg.size, cfg.size)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
@@ -355,38 +295,10 @@ class ConvGenerator(nn.Module):
         return self(z_c, z_m), {}
 
 
-class ModulatedGenerator(nn.Module):
-    """G for any motion: z_M(t) lays out a 4x4 map, and z_C sets the gain and bias of every
-    channel at every level (FiLM, as StyleGAN's styles), so that what is drawn comes from z_C and
-    where and how it stands from z_M: joined by a product, not a sum of their projections."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(_levels(cfg.size)))]
-        self.layout = nn.Linear(cfg.dim_z_m, chans[0] * 16)
-        self.style = nn.Linear(cfg.dim_z_c, 2 * sum(chans))    # a gain and a bias per channel
-        self.norms = nn.ModuleList(nn.GroupNorm(min(8, c // 2) or 1, c, affine=False) for c in chans)
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, 2, 1)
-                                 for a, b in zip(chans, chans[1:] + [cfg.channels]))
-        self.chans, self.shape = chans, (cfg.channels, cfg.size, cfg.size)
-
-    def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
-        B, T = z_m.shape[:2]
-        h = self.layout(z_m.flatten(0, 1)).view(B * T, self.chans[0], 4, 4)
-        styles = self.style(z_c).repeat_interleave(T, 0).split(self.chans * 2, 1)   # per video
-        for i, (norm, up) in enumerate(zip(self.norms, self.ups)):
-            gain, bias = styles[i], styles[len(self.chans) + i]
-            h = up(F.relu(norm(h) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]))
-        return torch.tanh(h).view(B, T, *self.shape)
-
-    def reconstruct(self, z_c, z_m):
-        return self(z_c, z_m), {}
-
-
 def conv_family(cfg):
     """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper)."""
-    gen = ModulatedGenerator(cfg) if cfg.decoder == "film" else ConvGenerator(cfg)
-    return ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True), gen
+    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
+            ConvGenerator(cfg))
 
 
 # ---------------------------------------------------------------- the where/what family
@@ -626,13 +538,8 @@ class MDBiGAN(nn.Module):
         self.eps_prior = GaussianMixture(k, cfg.dim_eps, t) if k and self.prior_enc is not None else None
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + cfg.dim_z_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + cfg.dim_z_c, video=True)
-        self.critics = nn.ModuleDict()   # what E is trained to leave at chance (_critic_inputs)
-        if cfg.mi_weight > 0:
-            self.critics["mi"] = Critic(cfg.frames * cfg.dim_z_m + cfg.dim_z_c, cfg.d_hidden)
-        if cfg.scene_weight > 0:
-            self.critics["scene"] = Critic(2 * cfg.dim_z_m, cfg.d_hidden)
 
-    DISCRIMINATORS = ("disc_image", "disc_video", "critics")   # training only: not in inference files
+    DISCRIMINATORS = ("disc_image", "disc_video")   # training only: not in inference files
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -736,12 +643,7 @@ class MDBiGAN(nn.Module):
         else:
             terms = [F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads]
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
-        total, logs = d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
-        for name, (same, other) in self._critic_inputs(zm_r, zc_r).items():
-            critic = self.critics[name]
-            loss = F.softplus(-critic(same)).mean() + F.softplus(critic(other)).mean()
-            total, logs["d_" + name] = total + loss, loss.detach()
-        return total, logs
+        return d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
 
     def eg_loss(self, videos):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
@@ -750,13 +652,6 @@ class MDBiGAN(nn.Module):
         real, fake, t_idx = self._pairs(videos)
         terms = {"g": (self.cfg.adv_weight, self._eg_adversarial(real, fake, t_idx))}
         terms.update(self._reconstruction(*real))
-        if self.cfg.swap_weight > 0:
-            terms["swap"] = (self.cfg.swap_weight, self._swap_cycle(*real))
-        for name, (same, other) in self._critic_inputs(*real[1:]).items():
-            critic, half = self.critics[name], torch.full_like(same[:, 0], 0.5)
-            chance = (F.binary_cross_entropy_with_logits(critic(same), half)
-                      + F.binary_cross_entropy_with_logits(critic(other), half)) / 2
-            terms[name] = (getattr(self.cfg, name + "_weight"), chance)
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
         if self.prior_enc is not None:                          # trains the sampler and q only
@@ -772,50 +667,13 @@ class MDBiGAN(nn.Module):
 
     def _reconstruction(self, x, z_m, z_c):
         """{name: (weight, term)}: |G(E_C(x), E(x)) - x|^2 and the family's penalties."""
-        if self.cfg.content_split:
-            x, z_m, z_c = self._other_half(x, z_m)
-        if self.cfg.motion_noise > 0:
+        if self.cfg.motion_noise > 0:   # a narrow code: what G can read of z_M is coarse
             z_m = z_m + self.cfg.motion_noise * torch.randn_like(z_m)
         x_rec, g_terms = self.gen.reconstruct(z_c, z_m)
         terms = {"rec": (self.cfg.recon_weight, (x_rec - x).pow(2).mean())} if self.cfg.recon_weight > 0 else {}
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
             terms[name] = (1.0, term)
         return terms
-
-    def _other_half(self, x, z_m):
-        """The frames of x (B, T, ...) in two random halves, stacked (2B, T // 2, ...), with their
-        z_M and, for each half, the z_C of the other half's frames."""
-        T = x.shape[1]
-        perm = torch.randperm(T, device=x.device)
-        a, b = perm[: T // 2], perm[T // 2: T // 2 * 2]
-        z_c = torch.cat([self.enc_c(x[:, b], z_m[:, b]), self.enc_c(x[:, a], z_m[:, a])])
-        return torch.cat([x[:, a], x[:, b]]), torch.cat([z_m[:, a], z_m[:, b]]), z_c
-
-    def _swap_cycle(self, x, z_m, z_c):
-        """|E(G(z_C^A, z_M^B)) - z_M^B| + |E_C(G(..)) - z_C^A| over the batch's real codes, B the
-        next video, each relative to its code's spread in the batch (so neither code's scale sets
-        the weight): G must draw A's content moving as B, and E must read B's motion whatever the
-        content, so z_M cannot keep content that G does not draw."""
-        other = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
-        x_swap = self.gen(z_c, z_m[other])
-        z_m_swap = self.enc(x_swap)
-        return (relative_l1(z_m_swap, z_m[other].detach(), z_m)
-                + relative_l1(self.enc_c(x_swap, z_m_swap), z_c.detach(), z_c))
-
-    def _critic_inputs(self, z_m, z_c):
-        """{critic: (inputs from one video, inputs shuffled across videos)}: the MI critic's
-        (z_M path, z_C) and the scene critic's (z_M(t), z_M(t')); z_C is a fixed target for E."""
-        B, T = z_m.shape[:2]
-        other = torch.roll(torch.arange(B, device=z_m.device), 1)
-        z_c, out = z_c.detach(), {}
-        if "mi" in self.critics:
-            out["mi"] = (torch.cat([z_m.flatten(1), z_c], 1), torch.cat([z_m.flatten(1), z_c[other]], 1))
-        if "scene" in self.critics:
-            t = torch.rand(B, T, device=z_m.device).argsort(1)[:, :2]
-            rows = torch.arange(B, device=z_m.device)
-            first, second = z_m[rows, t[:, 0]], z_m[rows, t[:, 1]]
-            out["scene"] = (torch.cat([first, second], 1), torch.cat([first, second[other]], 1))
-        return out
 
     def _latent_consistency(self, x_fake, z_m, z_c):
         """|E(G(z)) - z_M| + |E_C(G(z)) - z_C| for codes from the priors. It trains E, E_C and G,
