@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -438,8 +439,13 @@ def start_ranks(args):
 def open_run(args):
     """Resolves the run's settings (new or resumed), checks its folder, opens its data, builds
     the model and restores the checkpoint. Returns a Run, or None when there is nothing to do."""
-    out = args.out_dir or os.path.join("runs", args.preset or ("structured64" if args.device.startswith("cuda")
-                                                               else "structured32"))
+    if args.out_dir:
+        out = args.out_dir
+    elif args.resume and args.resume != "auto":   # a named checkpoint continues in its own folder
+        out = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        out = os.path.join("runs", args.preset or ("structured64" if args.device.startswith("cuda")
+                                                   else "structured32"))
     ck = read_resume(args, out)
     resolve(args, ck)
     if ck is not None and ck["step"] >= args.max_steps:
@@ -624,6 +630,7 @@ def finish(run, code):
 
 def main(argv=None):
     args = parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # no source line
     try:
         if args.bench:
             return bench(args)

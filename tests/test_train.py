@@ -52,6 +52,16 @@ def test_resume_gives_identical_weights(tmp_path, mnist_dir):
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
+def test_resume_from_a_named_checkpoint_continues_in_its_folder(tmp_path, mnist_dir, monkeypatch):
+    """--resume RUN/ckpt.pt without --out-dir writes into RUN, not into runs/PRESET."""
+    assert run(tmp_path / "a", mnist_dir, "--max-steps", "2") == 0
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume", str(tmp_path / "a" / "ckpt.pt"), "--device", "cpu",
+                       "--max-steps", "3", "--log-every", "1"]) == 0
+    assert train.load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))["step"] == 3
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_keeps_the_runs_own_settings(tmp_path, mnist_dir):
     """A run with a non-default preset, variant, batch size, seed and --set, resumed with no
     flags but --resume: it continues with its own settings, not the command line's defaults."""
