@@ -688,7 +688,8 @@ def preview(path, ds, frames_shown=None, title=None):
             if m == 0:
                 ax.set_title(f"t={t}", fontsize=8)
         axes[m, 0].set_ylabel(f"{m}: {ds.motion_names[m]}", fontsize=9, rotation=0, ha="right", va="center")
-    fig.suptitle(title or ds.describe(), fontsize=11)
+    # not describe(): a figure should not carry the folder the digits were read from
+    fig.suptitle(title or f"MotionMNIST ({ds.variant}{', colour' if ds.colour else ''})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
