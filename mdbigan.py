@@ -306,7 +306,7 @@ def conv_family(cfg):
 # object it is (as DDPAE and AIR do for moving digits); E_C reads object-centred glimpses at the
 # pose that z_M gives; G draws one canvas per video from z_C and places it at that pose, at whole
 # pixels on black as MotionMNIST is made. One object, translation only. In colour, the ink's mass
-# is its luminance.
+# is its luminance; what counts as ink, its brightest channel.
 GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
 DIGIT = 28 / 64  # a digit's width as a fraction of the frame, as data.py renders it
 INK = 0.25       # canvas pixels below this are background (lower left a halo the edge cut)
@@ -364,8 +364,10 @@ def luminance(image):
 
 
 def shown(image):
-    """What G shows of image (N, C, n, n) in [0, 1]: pixels whose luminance is under INK set to 0."""
-    return image * (luminance(image) > INK)
+    """What G shows of image (N, C, n, n) in [0, 1]: pixels whose brightest channel is under INK
+    set to 0. Not luminance: a blue digit's full ink has luminance 0.29, and a threshold on it kept
+    only its core."""
+    return image * (image.amax(1, keepdim=True) > INK)
 
 
 def ink(image):

@@ -194,6 +194,19 @@ def test_anchor_measures_where_e_looks_against_the_ink_in_frame_pixels():
     torch.testing.assert_close(m.enc.penalties(x, z_m)["anchor"], torch.tensor(25.0 / 2), atol=1e-4, rtol=0)
 
 
+def test_a_dim_hue_shows_as_much_ink_as_grey():
+    """shown(): a pixel is ink when its brightest channel is over INK, so a blue digit (luminance
+    0.29 at full ink) keeps the same pixels as the grey digit it was drawn from, and its ink's
+    centre is the grey one's."""
+    from mdbigan import INK, ink, ink_offset, shown
+    torch.manual_seed(0)
+    grey = torch.rand(2, 1, 12, 12) * (torch.rand(2, 1, 12, 12) > 0.5)
+    blue = grey * torch.tensor([0.2, 0.2, 1.0])[:, None, None]
+    assert torch.equal(shown(blue).amax(1, keepdim=True) > 0, shown(grey) > 0)
+    assert torch.equal(shown(grey), grey * (grey > INK))        # grey: unchanged
+    torch.testing.assert_close(ink_offset(ink(blue)), ink_offset(ink(grey)))
+
+
 def test_structured_motion_code_is_a_two_number_bottleneck():
     """Whatever the frames hold, E's z_M(t) = tanh(W p + b) with p in R^2: atanh(z_M) - b spans
     at most 2 dimensions, so z_M can carry where the digit is but not which digit it is."""
