@@ -74,6 +74,8 @@ GUIDE = {
     "probe_{L}_acc": ("leakage: linear probe, {L} from z_M; lower is better; chance {chance}", None),
     "probe_{L}_acc_mlp": ("leakage: MLP probe, {L} from z_M; lower is better; chance {chance}", None),
     "content_probe_{L}_acc": ("linear probe, {L} from z_C; chance {chance}", None),
+    "path_probe_{L}_acc": ("the baseline: linear probe, {L} from the real frames' centre-of-mass "
+                           "paths (where the ink is; what z_M may carry)", None),
     "recon_mse": ("mean squared error of G(E_C(x), E(x)) on pixels in [0, 1]; lower is better", None),
     "recon_psnr": ("the same as PSNR in dB; higher is better", None),
     "cycle_motion_err": ("|E(G(z_C^A, z_M^B)) - z_M^B| over the mean |z_M - mean| (0: exact; 1: as far "
@@ -461,10 +463,14 @@ def code_metrics(held, rng, seed):
         m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
         probes["probe_motion_acc"] = (flat, motions, held.groups, False)
         probes["pixel_probe_motion_acc"] = (pix, motions[sub], held.groups[sub], False)
+    path = centre_of_mass(grey(held.videos)).reshape(n, -1)    # (N, T * 2)
     for name, y in labels.items():
         if name != "motion":                                     # what z_M should not hold
             probes[f"probe_{name}_acc"] = (flat, y, held.groups, False)
             probes[f"probe_{name}_acc_mlp"] = (flat, y, held.groups, True)
+            # where the ink is can itself tell the content (a 7's ink sits high in its box):
+            # leakage near this is the data's, not the code's
+            probes[f"path_probe_{name}_acc"] = (path, y, held.groups, False)
         probes[f"content_probe_{name}_acc"] = (held.z_c, y, held.groups, False)
     # one process each: the probes are independent fits
     accs = Parallel(n_jobs=max(1, min(len(probes), os.cpu_count() or 1)))(delayed(probe)(*a) for a in probes.values())

@@ -47,6 +47,29 @@ def test_probe_separates_and_fails_on_noise():
     assert ev.probe(rng.normal(size=(400, 4)), labels, groups[rng.permutation(400)]) < 0.45
 
 
+def test_path_probe_reads_content_only_where_the_ink_says_it():
+    """path_probe_content_acc: the content from the real frames' centre-of-mass paths. Where a
+    class's ink sits lower (content 1: row 10, content 0: row 4) it reads the content; where
+    every class moves alike it is at chance."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    n, T, S = 200, 4, 16
+    content = np.arange(n) % 2
+
+    def held(rows):
+        videos = np.zeros((n, T, 1, S, S), np.uint8)
+        for i in range(n):
+            for t in range(T):
+                videos[i, t, 0, rows[i], 2 + 2 * t] = 255                 # moving right
+        return SimpleNamespace(z_m=rng.normal(size=(n, T, 2)), z_c=rng.normal(size=(n, 3)), videos=videos,
+                               groups=np.arange(n), named=lambda: {"content": content})
+
+    told = ev.code_metrics(held(4 + 6 * content), rng, 0)
+    untold = ev.code_metrics(held(rng.integers(4, 11, n)), rng, 0)
+    assert told["path_probe_content_acc"] == 1.0
+    assert untold["path_probe_content_acc"] < 0.65
+
+
 def test_label_stats_known_answers():
     certain = np.eye(10)[np.arange(20) % 10][:, None].repeat(5, 1)     # 20 videos, 5 frames each
     consistency, confidence, IS, h_y_x, h_y = ev.label_stats(certain)
@@ -154,7 +177,7 @@ FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe
              "probe_digit_acc_mlp", "recon_digit_acc", "sample_consistency", "swap_motion_acc",
              "swap_digit_acc", "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
              "sample_paths_in_range", "sample_paths_in_range_1px", "recon_paths_in_range",
-             "judge_digit_acc", "content_probe_digit_acc", "content_probe_motion_acc"]
+             "judge_digit_acc", "content_probe_digit_acc", "content_probe_motion_acc", "path_probe_digit_acc"]
 MOTION_MNIST_KEYS = FRACTIONS + [
     "motion_ari", "pixel_ari", "pixel_acc", "pixel_probe_motion_acc", "recon_mse", "recon_psnr",
     "cycle_motion_err", "cycle_content_err", "recon_motion_err_px", "recon_motion_err_px_random_c",
