@@ -185,17 +185,17 @@ def _norm(c):
 
 
 class UpConv(nn.Module):
-    """Code -> image of cfg.channels (or `channels`): linear to base x base, then transposed convs doubling
+    """Code -> image of cfg.channels: linear to base x base, then transposed convs doubling
     `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that starts black)."""
 
-    def __init__(self, cfg, dim_in, levels, base=4, out="tanh", channels=None):
+    def __init__(self, cfg, dim_in, levels, base=4, out="tanh"):
         super().__init__()
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(levels))]
         self.fc = nn.Linear(dim_in, chans[0] * base * base)
         layers = [_norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
             if c_out is None:
-                layers += [nn.ConvTranspose2d(c_in, channels or cfg.channels, 4, 2, 1),
+                layers += [nn.ConvTranspose2d(c_in, cfg.channels, 4, 2, 1),
                            nn.Tanh() if out == "tanh" else nn.Sigmoid()]
             else:
                 layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), _norm(c_out), nn.ReLU()]
@@ -410,7 +410,9 @@ class WhereEncoder(nn.Module):
     def forward(self, x):                                       # x: (B, T, C, S, S) in [-1, 1]
         B, T = x.shape[:2]
         x = x.flatten(0, 1)
-        h = self.net(x) + self.alpha * F.avg_pool2d(luminance(x), 2)   # (B*T, 1, S/2, S/2) logits
+        # the brightest channel, not luminance: a blue digit's luminance (0.29 at full ink) left
+        # the soft-argmax pulled towards the frame's centre
+        h = self.net(x) + self.alpha * F.avg_pool2d(x.amax(1, keepdim=True), 2)   # (B*T, 1, S/2, S/2)
         n = h.shape[-1]
         w = h.flatten(1).softmax(1).view(-1, n, n)
         c = (torch.arange(n, device=x.device, dtype=w.dtype) * 2 + 1) / n - 1   # cell centres
@@ -451,26 +453,16 @@ class CanvasGenerator(nn.Module):
 
     def __init__(self, cfg, pose):
         super().__init__()
-        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid", channels=1)
-        # in colour, one ink map times one colour per video (a mask times an appearance, as
-        # MONet's decoders): a 3-channel canvas learned the hue long before the digit's shape
-        self.paint = nn.Linear(cfg.dim_z_c, 3) if cfg.channels == 3 else None
+        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
         self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
         self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit
 
-    def canvases(self, z_c):
-        """z_c (B, dim_z_c) -> canvases (B, C, c, c) in [0, 1]."""
-        canvas = self.draw(z_c)
-        if self.paint is None:
-            return canvas
-        return canvas * torch.sigmoid(self.paint(z_c))[:, :, None, None]
-
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
-        return self._place(self.canvases(z_c), z_m)             # any T: one canvas per video
+        return self._place(self.draw(z_c), z_m)                 # any T: one canvas per video
 
     def reconstruct(self, z_c, z_m):
         """Frames and the centring term of one drawing of the canvases."""
-        canvas = self.canvases(z_c)
+        canvas = self.draw(z_c)
         terms = {}
         if self.centre_weight > 0:
             # the shown ink's centre of mass at the canvas centre: else where a digit sits in its

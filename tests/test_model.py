@@ -194,24 +194,6 @@ def test_anchor_measures_where_e_looks_against_the_ink_in_frame_pixels():
     torch.testing.assert_close(m.enc.penalties(x, z_m)["anchor"], torch.tensor(25.0 / 2), atol=1e-4, rtol=0)
 
 
-def test_colour_canvas_is_one_ink_map_in_one_colour_per_video():
-    """Where/what in colour: G's canvas is an ink map times one colour per video, so each video's
-    canvas, as a 3 x pixels matrix, has rank 1, and its hue comes from z_C."""
-    from mdbigan import CanvasGenerator, PoseMap
-    torch.manual_seed(0)
-    cfg = Config(size=16, frames=2, dim_z_c=8, ch=4, ch_max=8, structured=True, channels=3)
-    gen = CanvasGenerator(cfg, PoseMap(cfg))
-    with torch.no_grad():
-        gen.draw.net[-2].bias.fill_(0.0)                         # ink everywhere, not black
-        canvas = gen.canvases(torch.randn(3, 8))
-    assert canvas.shape[1] == 3
-    for b in range(3):
-        assert torch.linalg.matrix_rank(canvas[b].flatten(1)) == 1
-    hues = canvas.flatten(2).sum(2)
-    hues = hues / hues.norm(dim=1, keepdim=True)
-    assert (hues[0] - hues[1]).abs().max() > 1e-3                # videos differ in colour
-
-
 def test_a_dim_hue_shows_as_much_ink_as_grey():
     """shown(): a pixel is ink when its brightest channel is over INK, so a blue digit (luminance
     0.29 at full ink) keeps the same pixels as the grey digit it was drawn from, and its ink's
@@ -223,6 +205,24 @@ def test_a_dim_hue_shows_as_much_ink_as_grey():
     assert torch.equal(shown(blue).amax(1, keepdim=True) > 0, shown(grey) > 0)
     assert torch.equal(shown(grey), grey * (grey > INK))        # grey: unchanged
     torch.testing.assert_close(ink_offset(ink(blue)), ink_offset(ink(grey)))
+
+
+def test_e_starts_out_looking_at_a_blue_digit():
+    """E's heatmap starts from the frame's brightest channel, so at initialisation (its conv net
+    silenced) E's pose lands on a blue blob as on a white one, not pulled to the frame's centre."""
+    from mdbigan import PoseMap, WhereEncoder
+    S = 32
+    cfg = Config(size=S, frames=1, ch=4, ch_max=8, structured=True, channels=3)
+    enc = WhereEncoder(cfg, PoseMap(cfg))
+    with torch.no_grad():
+        enc.net[-1].weight.zero_(), enc.net[-1].bias.zero_()
+    frame = torch.zeros(1, 1, 3, S, S)
+    frame[..., 2:8, 2:8] = 1.0                                   # a 6x6 blob, centre (5, 5)
+    blob = (torch.tensor([5.0, 5.0]) - S / 2) / (S / 2)          # pose units
+    for hue in ([1.0, 1.0, 1.0], [0.2, 0.2, 1.0]):
+        x = frame * torch.tensor(hue)[:, None, None] * 2 - 1
+        p = torch.atanh(enc(x)[0, 0, :2])                        # lift starts as the identity
+        assert (p - blob).abs().max() * S / 2 < 1.0, (hue, p)   # within a pixel
 
 
 def test_structured_motion_code_is_a_two_number_bottleneck():
