@@ -306,7 +306,7 @@ def conv_family(cfg):
 # object it is (as DDPAE and AIR do for moving digits); E_C reads object-centred glimpses at the
 # pose that z_M gives; G draws one canvas per video from z_C and places it at that pose, at whole
 # pixels on black as MotionMNIST is made. One object, translation only. In colour, the ink's mass
-# is its luminance; what counts as ink, its brightest channel.
+# is its luminance; what counts as ink, and where E first looks, its brightest channel.
 GLIMPSE = 0.625  # canvas / glimpse width as a fraction of the frame (a 28/64 digit plus margin)
 DIGIT = 28 / 64  # a digit's width as a fraction of the frame, as data.py renders it
 INK = 0.25       # canvas pixels below this are background (lower left a halo the edge cut)
