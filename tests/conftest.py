@@ -59,7 +59,7 @@ def idx_writer():
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    """A folder of 100 fake MNIST digits (10 held out), shared by the session's tests."""
+    """A folder of 100 fake MNIST digits (10 held out), made once per pytest run."""
     folder = tmp_path_factory.mktemp("mnist")
     _fake_mnist(folder, n=100)
     return str(folder)
