@@ -463,7 +463,9 @@ def code_metrics(held, rng, seed):
         m["pixel_nmi"], m["pixel_ari"], m["pixel_acc"] = cluster_scores(pix, motions[sub], seed=seed)
         probes["probe_motion_acc"] = (flat, motions, held.groups, False)
         probes["pixel_probe_motion_acc"] = (pix, motions[sub], held.groups[sub], False)
-    path = centre_of_mass(grey(held.videos)).reshape(n, -1)    # (N, T * 2)
+    if set(labels) - {"motion"}:   # in chunks: a colour set's grey copy at once would be GBs
+        path = np.concatenate([centre_of_mass(grey(held.videos[i:i + 512])) for i in range(0, n, 512)])
+        path = path.reshape(n, -1)                              # (N, T * 2)
     for name, y in labels.items():
         if name != "motion":                                     # what z_M should not hold
             probes[f"probe_{name}_acc"] = (flat, y, held.groups, False)
