@@ -185,17 +185,18 @@ def _norm(c):
 
 
 class UpConv(nn.Module):
-    """Code -> image of cfg.channels: linear to base x base, then transposed convs doubling
-    `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that starts black)."""
+    """Code -> image of `channels` (default cfg.channels): linear to base x base, then transposed
+    convs doubling `levels` times. Ends in tanh ([-1, 1], frames) or sigmoid ([0, 1], a canvas that
+    starts black)."""
 
-    def __init__(self, cfg, dim_in, levels, base=4, out="tanh"):
+    def __init__(self, cfg, dim_in, levels, base=4, out="tanh", channels=None):
         super().__init__()
         chans = [min(cfg.ch * 2 ** i, cfg.ch_max) for i in reversed(range(levels))]
         self.fc = nn.Linear(dim_in, chans[0] * base * base)
         layers = [_norm(chans[0]), nn.ReLU()]
         for c_in, c_out in zip(chans, chans[1:] + [None]):
             if c_out is None:
-                layers += [nn.ConvTranspose2d(c_in, cfg.channels, 4, 2, 1),
+                layers += [nn.ConvTranspose2d(c_in, channels or cfg.channels, 4, 2, 1),
                            nn.Tanh() if out == "tanh" else nn.Sigmoid()]
             else:
                 layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), _norm(c_out), nn.ReLU()]
@@ -437,12 +438,16 @@ class GlimpseEncoder(nn.Module):
     def __init__(self, cfg, pose):
         super().__init__()
         self.pose, self.size = pose, round(GLIMPSE * cfg.size)  # pose: shared with G
-        self.convs, c = conv_stack(cfg, cfg.channels, levels=_levels(cfg.size) - 1)   # -> 5 x 5
+        # in colour, the glimpse's brightest channel goes in beside its three: one ink map for
+        # every hue, as a grey glimpse is
+        self.convs, c = conv_stack(cfg, cfg.channels + (cfg.channels > 1), levels=_levels(cfg.size) - 1)   # -> 5 x 5
         self.fc = nn.Linear(c * 25, cfg.dim_z_c)
 
     def forward(self, x, z_m):                                  # (B, T, C, S, S), (B, T, dim_z_m)
         B, T = x.shape[:2]
         g = glimpse(x.flatten(0, 1), self.pose(z_m).flatten(0, 1), self.size)
+        if g.shape[1] > 1:
+            g = torch.cat([g.amax(1, keepdim=True), g], 1)
         return self.fc(self.convs(g).flatten(1).view(B, T, -1).mean(1))    # (B, dim_z_c)
 
 
@@ -453,16 +458,29 @@ class CanvasGenerator(nn.Module):
 
     def __init__(self, cfg, pose):
         super().__init__()
-        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid")
+        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid", channels=1)
+        # in colour, one ink map times one colour per video (a mask times an appearance, as in
+        # MONet's decoders): a 3-channel canvas learned each hue's shapes apart, and drew blobs
+        self.paint = nn.Linear(cfg.dim_z_c, 3) if cfg.channels == 3 else None
         self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
         self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit
 
+    def canvases(self, z_c):
+        """z_c (B, dim_z_c) -> canvases (B, C, c, c) in [0, 1]; in colour, a canvas's brightest
+        channel is its ink map (the colour is scaled to a brightest channel of 1), so what shown()
+        keeps is the ink map's shape in every hue."""
+        ink = self.draw(z_c)
+        if self.paint is None:
+            return ink
+        colour = torch.sigmoid(self.paint(z_c))
+        return ink * (colour / colour.amax(1, keepdim=True))[:, :, None, None]
+
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
-        return self._place(self.draw(z_c), z_m)                 # any T: one canvas per video
+        return self._place(self.canvases(z_c), z_m)             # any T: one canvas per video
 
     def reconstruct(self, z_c, z_m):
         """Frames and the centring term of one drawing of the canvases."""
-        canvas = self.draw(z_c)
+        canvas = self.canvases(z_c)
         terms = {}
         if self.centre_weight > 0:
             # the shown ink's centre of mass at the canvas centre: else where a digit sits in its
@@ -674,7 +692,10 @@ class MDBiGAN(nn.Module):
         if self.cfg.motion_noise > 0:   # a narrow code: what G can read of z_M is coarse
             z_m = z_m + self.cfg.motion_noise * torch.randn_like(z_m)
         x_rec, g_terms = self.gen.reconstruct(z_c, z_m)
-        terms = {"rec": (self.cfg.recon_weight, (x_rec - x).pow(2).mean())} if self.cfg.recon_weight > 0 else {}
+        # per pixel, summed over channels: a red digit's ink lies in one channel of three, and a
+        # mean over them weighed a colour digit's error a third to two thirds of a grey one's
+        err = (x_rec - x).pow(2).sum(2).mean()
+        terms = {"rec": (self.cfg.recon_weight, err)} if self.cfg.recon_weight > 0 else {}
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
             terms[name] = (1.0, term)
         return terms

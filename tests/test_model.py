@@ -225,6 +225,59 @@ def test_e_starts_out_looking_at_a_blue_digit():
         assert (p - blob).abs().max() * S / 2 < 1.0, (hue, p)   # within a pixel
 
 
+def test_colour_canvas_is_one_ink_map_in_one_colour():
+    """In colour, G's canvas is its ink map times one colour per video, scaled so that the
+    brightest channel is the ink map itself: every pixel of a canvas has one hue, and the pixels
+    shown() keeps are the ink map's, in any colour."""
+    from mdbigan import INK, CanvasGenerator, PoseMap, shown
+    torch.manual_seed(0)
+    cfg = Config(size=32, frames=2, dim_z_c=8, ch=4, ch_max=8, structured=True, channels=3)
+    gen = CanvasGenerator(cfg, PoseMap(cfg))
+    with torch.no_grad():                             # ink and strong colours, not a black start
+        gen.draw.net[-2].bias.fill_(0.0)
+        gen.paint.weight.mul_(20)
+    z_c = torch.randn(4, cfg.dim_z_c)
+    canvas, ink = gen.canvases(z_c), gen.draw(z_c)
+    assert canvas.shape == (4, 3, 20, 20) and ink.shape == (4, 1, 20, 20)
+    torch.testing.assert_close(canvas.amax(1, keepdim=True), ink)
+    chroma = canvas / ink                                   # (4, 3, c, c): the same at every pixel
+    torch.testing.assert_close(chroma, chroma[..., :1, :1].expand_as(chroma))
+    assert (chroma[:, :, 0, 0].std(0) > 0.1).any()          # and not the same for every video
+    assert torch.equal(shown(canvas).amax(1, keepdim=True) > 0, ink > INK)
+    frames = gen(z_c, torch.zeros(4, 2, cfg.dim_z_m))
+    assert frames.shape == (4, 2, 3, 32, 32)
+
+
+def test_content_encoder_reads_one_ink_map_in_every_hue():
+    """In colour, E_C's glimpse carries its brightest channel beside its three: with the weights
+    on the three silenced, one digit in red and in blue gets one code; with them, two."""
+    from mdbigan import GlimpseEncoder, PoseMap
+    torch.manual_seed(0)
+    cfg = Config(size=32, frames=2, dim_z_c=8, ch=4, ch_max=8, structured=True, channels=3)
+    enc_c = GlimpseEncoder(cfg, PoseMap(cfg))
+    shape = (torch.rand(1, 2, 1, 32, 32) > 0.7).float()
+    red, blue = (shape * torch.tensor(h)[:, None, None] * 2 - 1 for h in ([1.0, 0, 0], [0, 0, 1.0]))
+    z_m = torch.zeros(1, 2, cfg.dim_z_m)
+    assert not torch.allclose(enc_c(red, z_m), enc_c(blue, z_m))
+    with torch.no_grad():
+        enc_c.convs[0].weight[:, 1:] = 0
+    torch.testing.assert_close(enc_c(red, z_m), enc_c(blue, z_m))
+
+
+def test_reconstruction_weighs_a_colour_pixel_as_a_grey_one():
+    """The reconstruction error is per pixel, summed over channels: a red digit missed entirely
+    costs what the same grey digit missed costs."""
+    torch.manual_seed(0)
+    cfg = Config(size=16, frames=2, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8, d_hidden=16)
+    shape = (torch.rand(2, 2, 1, 16, 16) > 0.7).float() * 2 - 1
+    err = {}
+    for name, x in (("grey", shape), ("red", torch.cat([shape, -torch.ones_like(shape).expand(-1, -1, 2, -1, -1)], 2))):
+        m = MDBiGAN(replace(cfg, channels=x.shape[2]))
+        m.gen.reconstruct = lambda z_c, z_m, x=x: (-torch.ones_like(x), {})   # black frames
+        err[name] = m._reconstruction(x, m.enc(x), torch.zeros(2, 8))["rec"][1]
+    torch.testing.assert_close(err["red"], err["grey"])
+
+
 def test_structured_motion_code_is_a_two_number_bottleneck():
     """Whatever the frames hold, E's z_M(t) = tanh(W p + b) with p in R^2: atanh(z_M) - b spans
     at most 2 dimensions, so z_M can carry where the digit is but not which digit it is."""
