@@ -438,16 +438,12 @@ class GlimpseEncoder(nn.Module):
     def __init__(self, cfg, pose):
         super().__init__()
         self.pose, self.size = pose, round(GLIMPSE * cfg.size)  # pose: shared with G
-        # in colour, the glimpse's brightest channel goes in beside its three: one ink map for
-        # every hue, as a grey glimpse is
-        self.convs, c = conv_stack(cfg, cfg.channels + (cfg.channels > 1), levels=_levels(cfg.size) - 1)   # -> 5 x 5
+        self.convs, c = conv_stack(cfg, cfg.channels, levels=_levels(cfg.size) - 1)   # -> 5 x 5
         self.fc = nn.Linear(c * 25, cfg.dim_z_c)
 
     def forward(self, x, z_m):                                  # (B, T, C, S, S), (B, T, dim_z_m)
         B, T = x.shape[:2]
         g = glimpse(x.flatten(0, 1), self.pose(z_m).flatten(0, 1), self.size)
-        if g.shape[1] > 1:
-            g = torch.cat([g.amax(1, keepdim=True), g], 1)
         return self.fc(self.convs(g).flatten(1).view(B, T, -1).mean(1))    # (B, dim_z_c)
 
 
@@ -460,7 +456,7 @@ class CanvasGenerator(nn.Module):
         super().__init__()
         self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size) - 1, base=5, out="sigmoid", channels=1)
         # in colour, one ink map times one colour per video (a mask times an appearance, as in
-        # MONet's decoders): a 3-channel canvas learned each hue's shapes apart, and drew blobs
+        # MONet's decoders): one shape learned for every hue, not one per channel
         self.paint = nn.Linear(cfg.dim_z_c, 3) if cfg.channels == 3 else None
         self.pose, self.size, self.centre_weight = pose, cfg.size, cfg.centre_weight
         self.edge = 1 - round(DIGIT * cfg.size) / cfg.size     # a digit box's centre's limit

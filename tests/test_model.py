@@ -248,22 +248,6 @@ def test_colour_canvas_is_one_ink_map_in_one_colour():
     assert frames.shape == (4, 2, 3, 32, 32)
 
 
-def test_content_encoder_reads_one_ink_map_in_every_hue():
-    """In colour, E_C's glimpse carries its brightest channel beside its three: with the weights
-    on the three silenced, one digit in red and in blue gets one code; with them, two."""
-    from mdbigan import GlimpseEncoder, PoseMap
-    torch.manual_seed(0)
-    cfg = Config(size=32, frames=2, dim_z_c=8, ch=4, ch_max=8, structured=True, channels=3)
-    enc_c = GlimpseEncoder(cfg, PoseMap(cfg))
-    shape = (torch.rand(1, 2, 1, 32, 32) > 0.7).float()
-    red, blue = (shape * torch.tensor(h)[:, None, None] * 2 - 1 for h in ([1.0, 0, 0], [0, 0, 1.0]))
-    z_m = torch.zeros(1, 2, cfg.dim_z_m)
-    assert not torch.allclose(enc_c(red, z_m), enc_c(blue, z_m))
-    with torch.no_grad():
-        enc_c.convs[0].weight[:, 1:] = 0
-    torch.testing.assert_close(enc_c(red, z_m), enc_c(blue, z_m))
-
-
 def test_reconstruction_weighs_a_colour_pixel_as_a_grey_one():
     """The reconstruction error is per pixel, summed over channels: a red digit missed entirely
     costs what the same grey digit missed costs."""
