@@ -688,10 +688,11 @@ class MDBiGAN(nn.Module):
         if self.cfg.motion_noise > 0:   # a narrow code: what G can read of z_M is coarse
             z_m = z_m + self.cfg.motion_noise * torch.randn_like(z_m)
         x_rec, g_terms = self.gen.reconstruct(z_c, z_m)
-        # per pixel, summed over channels: a red digit's ink lies in one channel of three, and a
-        # mean over them weighed a colour digit's error a third to two thirds of a grey one's
-        err = (x_rec - x).pow(2).sum(2).mean()
-        terms = {"rec": (self.cfg.recon_weight, err)} if self.cfg.recon_weight > 0 else {}
+        terms = {}
+        if self.cfg.recon_weight > 0:
+            # per pixel, summed over channels: a red digit's ink lies in one channel of three, and
+            # a mean over them weighed a colour digit's error a third to two thirds of a grey one's
+            terms["rec"] = (self.cfg.recon_weight, (x_rec - x).pow(2).sum(2).mean())
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
             terms[name] = (1.0, term)
         return terms

@@ -255,7 +255,8 @@ def test_reconstruction_weighs_a_colour_pixel_as_a_grey_one():
     cfg = Config(size=16, frames=2, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8, d_hidden=16)
     shape = (torch.rand(2, 2, 1, 16, 16) > 0.7).float() * 2 - 1
     err = {}
-    for name, x in (("grey", shape), ("red", torch.cat([shape, -torch.ones_like(shape).expand(-1, -1, 2, -1, -1)], 2))):
+    red = torch.cat([shape, -torch.ones(2, 2, 2, 16, 16)], 2)   # ink in R only, G and B black
+    for name, x in (("grey", shape), ("red", red)):
         m = MDBiGAN(replace(cfg, channels=x.shape[2]))
         m.gen.reconstruct = lambda z_c, z_m, x=x: (-torch.ones_like(x), {})   # black frames
         err[name] = m._reconstruction(x, m.enc(x), torch.zeros(2, 8))["rec"][1]
