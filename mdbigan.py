@@ -46,6 +46,7 @@ class Config:
     d_dropout: float = 0.2      # dropout in the discriminators' heads (ALI)
     image_frames: int = 4       # frames per video that D_I scores, at random steps, real and fake
     adv_weight: float = 1.0     # weight of the adversarial terms in the E/G loss
+    adv_warmup: int = 0         # training steps over which that weight grows from 0 (0: none)
     recon_weight: float = 1.0   # MSE of G(E_C(X), E(X)) vs X
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     lr: float = 2e-4            # Adam learning rate of every part
@@ -63,6 +64,10 @@ class Config:
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
     prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
+    warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
+                                # a flow field (from z_M) instead of drawing each frame from both
+    flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
+                                # over the frame (n >= 2: any affine motion is exact)
 
     def validate(self):
         def need(ok, msg):
@@ -71,11 +76,12 @@ class Config:
         need(self.size >= 16 and not self.size & (self.size - 1),
              f"size must be a power of two >= 16, got {self.size}")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        need(self.flow_size >= 2, f"flow_size must be >= 2, got {self.flow_size}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
                   "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
                   "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -296,10 +302,58 @@ class ConvGenerator(nn.Module):
         return self(z_c, z_m), {}
 
 
+class WarpGenerator(nn.Module):
+    """G as a deformation of one picture per video: z_C -> the picture, by transposed convs;
+    z_M(t) -> an n x n grid of flow vectors, bilinearly spread over the frame; frame t = the picture
+    resampled along that flow (Deforming Autoencoders, Shu et al. 2018; FTGAN's flow and texture,
+    Ohnishi et al. 2018). A flow can move, turn, zoom or bend what the picture holds, but z_M only
+    says where each pixel comes from: what the object looks like has one place to live, z_C."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size))
+        n = cfg.flow_size
+        self.flow = nn.Sequential(nn.Linear(cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(cfg.d_hidden, 2 * n * n))
+        nn.init.normal_(self.flow[-1].weight, std=1e-3)         # about the identity warp at first
+        nn.init.zeros_(self.flow[-1].bias)
+        self.n, self.size = n, cfg.size
+        identity = F.affine_grid(torch.eye(2, 3)[None], (1, 1, cfg.size, cfg.size), align_corners=False)
+        self.register_buffer("identity", identity, persistent=False)       # (1, S, S, 2)
+
+    def pictures(self, z_c):
+        """z_c (B, dim_z_c) -> one picture per video (B, C, S, S) in [-1, 1]."""
+        return self.draw(z_c)
+
+    def sampling_grid(self, z_m):
+        """z_m (N, dim_z_m) -> (N, S, S, 2) grid_sample coordinates: the identity plus the flow."""
+        f = self.flow(z_m).float().view(-1, 2, self.n, self.n)
+        # align_corners=True: the n x n vectors sit on the corner pixels and evenly between, so a
+        # linear field (a shift, turn or zoom) is spread exactly
+        f = F.interpolate(f, size=(self.size, self.size), mode="bilinear", align_corners=True)
+        return self.identity + f.permute(0, 2, 3, 1)
+
+    def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
+        return self._warp(self.pictures(z_c), z_m)              # any T: one picture per video
+
+    def reconstruct(self, z_c, z_m):
+        return self(z_c, z_m), {}
+
+    def _warp(self, picture, z_m):                              # (B, C, S, S), (B, T, dim_z_m)
+        B, T = z_m.shape[:2]
+        # fp32 even under autocast, as the where/what family's geometry; shifted to [0, 2] so that
+        # what comes in from outside the picture is black
+        pic = picture.float()[:, None].expand(B, T, *picture.shape[1:]).flatten(0, 1) + 1
+        out = F.grid_sample(pic, self.sampling_grid(z_m.flatten(0, 1)), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        return (out - 1).view(B, T, *picture.shape[1:])        # (B, T, C, S, S)
+
+
 def conv_family(cfg):
-    """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper)."""
+    """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper);
+    with cfg.warp, G deforms one picture per video (WarpGenerator)."""
     return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
-            ConvGenerator(cfg))
+            WarpGenerator(cfg) if cfg.warp else ConvGenerator(cfg))
 
 
 # ---------------------------------------------------------------- the where/what family
@@ -663,12 +717,14 @@ class MDBiGAN(nn.Module):
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
         return d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
 
-    def eg_loss(self, videos):
+    def eg_loss(self, videos, iteration=None):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
         reconstruction, the family's penalties, the latent consistency and the prior fit. Logs
-        each term unweighted (a family's penalties carry their own weights)."""
+        each term unweighted (a family's penalties carry their own weights). `iteration`, the
+        training step, scales the adversarial weight over cfg.adv_warmup steps (None: full)."""
         real, fake, t_idx = self._pairs(videos)
-        terms = {"g": (self.cfg.adv_weight, self._eg_adversarial(real, fake, t_idx))}
+        terms = {"g": (self.adv_scale(iteration) * self.cfg.adv_weight,
+                       self._eg_adversarial(real, fake, t_idx))}
         terms.update(self._reconstruction(*real))
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
@@ -676,6 +732,15 @@ class MDBiGAN(nn.Module):
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
         return total, {k: v.detach() for k, (_, v) in terms.items()}
+
+    def adv_scale(self, iteration):
+        """The adversarial weight's share at this training step: from 0 at the start to 1 after
+        cfg.adv_warmup steps. Before the BiGAN pulls E's codes toward the untrained prior's paths,
+        the reconstruction first ties z_M to the frames (with the warp G and the full weight from
+        the start, E's code collapsed to the prior's near-constant paths on one seed of three)."""
+        if not self.cfg.adv_warmup or iteration is None:
+            return 1.0
+        return min(1.0, iteration / self.cfg.adv_warmup)
 
     def _eg_adversarial(self, real, fake, t_idx):
         heads = self._heads(self._scores(*real, t_idx), self._scores(*fake, t_idx))
@@ -716,12 +781,12 @@ class MDBiGAN(nn.Module):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return (fit + kl).mean() / path[0].numel()
 
-    def forward(self, videos, step):
+    def forward(self, videos, step, iteration=None):
         """step "d" -> d_loss, "eg" -> eg_loss; a forward() so that DDP can wrap the model."""
         if step == "d":
             return self.d_loss(videos)
         if step == "eg":
-            return self.eg_loss(videos)
+            return self.eg_loss(videos, iteration)
         raise ValueError(f"step must be 'd' or 'eg', got {step!r}")
 
     def d_parameters(self):

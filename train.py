@@ -69,11 +69,12 @@ PRESETS = {
     "generic32": replace(STRUCTURED64, about="conv E/G for any motion at 32x32; on a CPU",
                          config=replace(STRUCTURED64.config, structured=False, size=32, ch=16, ch_max=64,
                                         d_hidden=128, dim_z_m=4, dim_z_c=32, motion_noise=0.05,
-                                        adv_weight=0.02, latent_weight=0.0),
+                                        adv_weight=0.02, adv_warmup=1000, latent_weight=0.0, warp=True),
                          batch_size=16, max_steps=3000, minutes=20),
     "generic64": replace(STRUCTURED64, about="conv E/G for any motion at 64x64; on a GPU",
                          config=replace(STRUCTURED64.config, structured=False, dim_z_m=4, dim_z_c=32,
-                                        motion_noise=0.05, adv_weight=0.02, latent_weight=0.0),
+                                        motion_noise=0.05, adv_weight=0.02, adv_warmup=1000,
+                                        latent_weight=0.0, warp=True),
                          batch_size=128),
     "paper": Preset("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
                     batch_size=32, max_steps=20_000, minutes=0),
@@ -279,14 +280,14 @@ class EMA:
         self.avg.load_state_dict(state, strict=False)
 
 
-def train_step(net, opt_d, opt_eg, videos, autocast, ema=None):
+def train_step(net, opt_d, opt_eg, videos, autocast, ema=None, iteration=None):
     """One D update, then one E/G update, on the same real videos [B, T, C, S, S] in [0, 1], then
-    the weights' average. Returns both losses as a tensor [2] and the loss terms, all on the device
-    (no sync)."""
+    the weights' average; `iteration` (the step's number) drives the adversarial warm-up.
+    Returns both losses as a tensor [2] and the loss terms, all on the device (no sync)."""
     losses, logs = [], {}
     for step, opt in (("d", opt_d), ("eg", opt_eg)):
         with autocast:
-            loss, terms = net(videos, step)
+            loss, terms = net(videos, step, iteration)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -574,7 +575,8 @@ def train_loop(run):
         videos = to_videos(queue.popleft().result(), run.device)
         queue.append(pool.submit(fetch, run.step + ahead))
         wait = time.perf_counter() - t0
-        losses, terms = train_step(run.net, run.opt_d, run.opt_eg, videos, run.autocast, run.ema)
+        losses, terms = train_step(run.net, run.opt_d, run.opt_eg, videos, run.autocast, run.ema,
+                                   iteration=run.step)
         run.step += 1
         bad |= ~torch.isfinite(losses).all()
         meter.add(terms, wait)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SMALL, TINY, run_copied_alone
 import mdbigan
@@ -19,8 +20,9 @@ def videos(cfg, B=3, seed=0):
 
 
 @pytest.mark.parametrize("cfg", [Config(), replace(SMALL, structured=False), TINY, SMALL,
-                                 replace(TINY, sampler_hidden=7, structured=True)],
-                         ids=["paper", "small", "tiny", "small-structured", "tiny-structured"])
+                                 replace(TINY, sampler_hidden=7, structured=True),
+                                 replace(TINY, warp=True, flow_size=3)],
+                         ids=["paper", "small", "tiny", "small-structured", "tiny-structured", "tiny-warp"])
 def test_api_shapes(cfg):
     torch.manual_seed(0)
     m = MDBiGAN(cfg).eval()
@@ -39,6 +41,7 @@ def test_api_shapes(cfg):
     pytest.param({}, id="conv"),
     pytest.param(dict(loss="bce", recon_weight=0.0), id="bce"),
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
+    pytest.param(dict(warp=True, motion_noise=0.05), id="warp"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
     cfg = replace(TINY, **kw)
@@ -278,6 +281,77 @@ def test_structured_motion_code_is_a_two_number_bottleneck():
     assert sv[1] > 1e-3 * sv[0] and sv[2] < 1e-6 * sv[0], sv[:4]
 
 
+def _warp_gen(n=4, S=16, C=1, seed=0):
+    torch.manual_seed(seed)
+    return mdbigan.WarpGenerator(replace(TINY, size=S, channels=C, warp=True, flow_size=n))
+
+
+def _set_flow(gen, field):
+    """Makes gen's flow the constant field (2, n, n), whatever z_M: the last layer's bias."""
+    with torch.no_grad():
+        gen.flow[-1].weight.zero_()
+        gen.flow[-1].bias.copy_(field.flatten())
+
+
+def test_warp_without_flow_shows_the_picture():
+    """With no flow, the warp G shows its picture unchanged in every frame (colour too)."""
+    gen = _warp_gen(C=3)
+    _set_flow(gen, torch.zeros(2, 4, 4))
+    z_c, z_m = torch.randn(2, TINY.dim_z_c), torch.randn(2, 5, TINY.dim_z_m)
+    frames = gen(z_c, z_m)
+    assert frames.shape == (2, 5, 3, 16, 16)
+    torch.testing.assert_close(frames, gen.pictures(z_c)[:, None].expand_as(frames), atol=1e-5, rtol=0)
+
+
+def test_warp_shift_moves_the_picture_by_whole_pixels_on_black():
+    """A constant flow of 3 px moves the picture 3 px; what comes in from outside is black (-1)."""
+    gen, S = _warp_gen(), 16
+    _set_flow(gen, torch.stack([torch.full((4, 4), 3 * 2 / S), torch.zeros(4, 4)]))   # x: 3 px
+    z_c = torch.randn(1, TINY.dim_z_c)
+    pic, frame = gen.pictures(z_c)[0, 0], gen(z_c, torch.zeros(1, 1, TINY.dim_z_m))[0, 0, 0]
+    # frame(x) = picture(x + 3): the picture moves 3 px to the left
+    torch.testing.assert_close(frame[:, :S - 3], pic[:, 3:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(frame[:, S - 3:], torch.full((S, 3), -1.0), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_warp_spreads_a_turn_and_zoom_exactly(n):
+    """n x n flow vectors of a linear field (a turn by 30 degrees and a zoom by 1.3) give exactly
+    F.affine_grid's grid of that map at every pixel: turns and zooms need no more of z_M than a
+    shift does."""
+    gen, S = _warp_gen(n=n), 16
+    a, s = torch.tensor(30.0).deg2rad(), 1.3
+    A = s * torch.tensor([[a.cos(), -a.sin()], [a.sin(), a.cos()]])
+    u = torch.linspace(-1, 1, n) * (1 - 1 / S)                  # on the corner pixels' centres
+    pts = torch.stack(torch.meshgrid(u, u, indexing="xy"), -1)  # (n, n, 2) as (x, y)
+    _set_flow(gen, (pts @ A.T - pts).permute(2, 0, 1))
+    got = gen.sampling_grid(torch.zeros(1, TINY.dim_z_m))
+    theta = torch.cat([A, torch.zeros(2, 1)], 1)[None]
+    want = F.affine_grid(theta, (1, 1, S, S), align_corners=False)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_adversarial_weight_warms_up_over_its_steps():
+    """With adv_warmup = 10 the E/G loss at step 0 is the loss without the adversarial terms, at
+    step 5 it holds half their weight, from step 10 all of it; no step given: all of it."""
+    cfg = replace(TINY, adv_weight=0.5, adv_warmup=10)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg)
+
+    def loss(iteration):
+        torch.manual_seed(1)                                     # the same prior draws each time
+        total, logs = m.eg_loss(x, iteration)
+        return total, logs["g"]
+
+    (l0, g), (l5, _), (l10, _), (l99, _), (lnone, _) = map(loss, (0, 5, 10, 99, None))
+    assert g.abs() > 0
+    close = dict(rtol=1e-3, atol=1e-4)                          # differences of sums of terms
+    torch.testing.assert_close(l5 - l0, 0.5 * 0.5 * g, **close)
+    torch.testing.assert_close(l10 - l0, 0.5 * g, **close)
+    torch.testing.assert_close(l99, l10, **close)
+    torch.testing.assert_close(lnone, l10, **close)
+
+
 def test_fake_frames_for_d_image_come_from_all_steps():
     """D_I sees fake frames from every time step (the authors' code used only the first)."""
     cfg = replace(TINY, image_frames=2, recon_weight=0.0)
@@ -337,6 +411,8 @@ def test_videos_of_the_wrong_shape_are_a_clear_error():
     pytest.param(dict(prior_weight=-1.0), "prior_weight", id="prior_weight"),
     pytest.param(dict(lr=-1.0), "lr must be > 0", id="lr"),
     pytest.param(dict(beta1=1.5), "beta1", id="beta1"),
+    pytest.param(dict(flow_size=1), "flow_size", id="flow_size"),
+    pytest.param(dict(adv_warmup=-1), "adv_warmup", id="adv_warmup"),
     pytest.param(dict(loss="wasserstein"), "loss", id="loss"),
 ])
 def test_bad_config_is_a_clear_error(kwargs, message):
@@ -423,8 +499,8 @@ def test_pretrained_model_generates():
     assert m.content_prior.weights.count_nonzero() > 1           # the fitted sampling priors came too
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(structured=True, prior_weight=1.0, sampler_hidden=6)],
-                         ids=["conv", "where-what-with-prior"])
+@pytest.mark.parametrize("kw", [dict(), dict(structured=True, prior_weight=1.0, sampler_hidden=6),
+                                dict(warp=True)], ids=["conv", "where-what-with-prior", "warp"])
 def test_losses_under_bf16_autocast(kw):
     """Training on CUDA runs under bf16 autocast: every loss works there (the recurrence and the
     canvas geometry stay in fp32); checked with the CPU's bf16 autocast."""

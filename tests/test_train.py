@@ -148,7 +148,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir, monkeypat
     assert run(tmp_path, mnist_dir, "--max-steps", "2") == 0
     good = (tmp_path / "ckpt.pt").read_bytes()
     orig = MDBiGAN.eg_loss
-    monkeypatch.setattr(MDBiGAN, "eg_loss", lambda self, v: (orig(self, v)[0] * float("nan"), {}))
+    monkeypatch.setattr(MDBiGAN, "eg_loss", lambda self, v, it=None: (orig(self, v, it)[0] * float("nan"), {}))
     assert run(tmp_path, mnist_dir, "--max-steps", "4", "--resume") == 3
     assert "NaN" in capsys.readouterr().err
     assert (tmp_path / "ckpt.pt").read_bytes() == good
