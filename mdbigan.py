@@ -64,6 +64,8 @@ class Config:
                                 # E_C's codes and q's means (fit_priors); N(0, I) until then
     prior_temperature: float = 1.0  # scales the fitted mixtures' spread when sampling (< 1: cleaner)
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
+    centre_motion: bool = False # conv family: E's codes are centred over each video before the
+                                # tanh, so a per-video constant (which digit) cannot pass (DBSE)
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
@@ -266,20 +268,27 @@ class MotionSampler(nn.Module):
 #   terms the family puts on them, from one drawing.
 
 class ConvEncoder(nn.Module):
-    """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time."""
+    """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time.
+    With cfg.centre_motion, E's codes before the tanh are centred over each video: z_M then says
+    how a frame differs from the video's other frames (DBSE's subtraction of the mean, Berman et
+    al. 2023), and what is constant over a video, the object's look, has no way into it."""
 
     def __init__(self, cfg, dim_out, pool_time):
         super().__init__()
         self.convs, c = conv_stack(cfg, cfg.channels)
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
+        self.centre = cfg.centre_motion and not pool_time
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
-        return torch.tanh(self.fc(h)).view(B, T, -1)            # (B, T, dim_out), the GRU's range
+        a = self.fc(h).view(B, T, -1)
+        if self.centre:
+            a = a - a.mean(1, keepdim=True)
+        return torch.tanh(a)                                    # (B, T, dim_out), the GRU's range
 
     def penalties(self, x, z_m):
         return {}

@@ -331,6 +331,20 @@ def test_warp_spreads_a_turn_and_zoom_exactly(n):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_centred_motion_code_holds_nothing_constant_over_a_video():
+    """With centre_motion, E's code before the tanh has mean 0 over each video, and a video whose
+    frames are all the same (whatever they show) has z_M = 0 at every frame."""
+    cfg = replace(TINY, centre_motion=True, frames=6)
+    torch.manual_seed(0)
+    m = MDBiGAN(cfg).eval()
+    with torch.no_grad():
+        z = m.encode_motion(videos(cfg, B=4))
+        still = m.encode_motion(videos(cfg, B=4, seed=1)[:, :1].expand(4, cfg.frames, 1, 16, 16))
+    assert z.abs().amax() > 1e-3                                # the frames differ: codes do too
+    torch.testing.assert_close(torch.atanh(z).mean(1), torch.zeros(4, cfg.dim_z_m), atol=1e-5, rtol=0)
+    torch.testing.assert_close(still, torch.zeros_like(still), atol=1e-6, rtol=0)
+
+
 def test_adversarial_weight_warms_up_over_its_steps():
     """With adv_warmup = 10 the E/G loss at step 0 is the loss without the adversarial terms, at
     step 5 it holds half their weight, from step 10 all of it; no step given: all of it."""
