@@ -83,7 +83,8 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "centre_weight", "anchor_weight",
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "centre_weight",
+                  "anchor_weight",
                   "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
                   "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -744,9 +745,9 @@ class MDBiGAN(nn.Module):
 
     def adv_scale(self, iteration):
         """The adversarial weight's share at this training step: from 0 at the start to 1 after
-        cfg.adv_warmup steps. Before the BiGAN pulls E's codes toward the untrained prior's paths,
-        the reconstruction first ties z_M to the frames (with the warp G and the full weight from
-        the start, E's code collapsed to the prior's near-constant paths on one seed of three)."""
+        cfg.adv_warmup steps: the reconstruction first ties z_M to the frames, before the BiGAN
+        pulls E's codes toward the untrained prior's near-constant paths (which can stall a warp G
+        at the identity warp, docs/model.md)."""
         if not self.cfg.adv_warmup or iteration is None:
             return 1.0
         return min(1.0, iteration / self.cfg.adv_warmup)

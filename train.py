@@ -64,8 +64,9 @@ PRESETS = {
     "structured32": replace(STRUCTURED64, about="the same model at 32x32 for a 2-core CPU; the CPU default",
                             config=replace(STRUCTURED64.config, size=32, ch=16, ch_max=64, d_hidden=128),
                             batch_size=16, max_steps=3000, minutes=20),
-    # the conv family for any motion: a narrow, noisy motion code, weak adversarial terms, no
-    # latent term (docs/model.md); the structured presets' schedule and sampling priors
+    # the conv family for any motion: G deforms one picture per video, a narrow, noisy motion code
+    # centred over the video, weak adversarial terms warmed up, no latent term (docs/model.md);
+    # the structured presets' schedule and sampling priors
     "generic32": replace(STRUCTURED64, about="conv E/G for any motion at 32x32; on a CPU",
                          config=replace(STRUCTURED64.config, structured=False, size=32, ch=16, ch_max=64,
                                         d_hidden=128, dim_z_m=4, dim_z_c=32, motion_noise=0.05,
