@@ -49,6 +49,8 @@ class Config:
     adv_warmup: int = 0         # training steps over which that weight grows from 0 (0: none)
     recon_weight: float = 1.0   # MSE of G(E_C(X), E(X)) vs X
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
+    swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
+                                # the same motion whatever the content that moves
     lr: float = 2e-4            # Adam learning rate of every part
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
@@ -83,7 +85,7 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "centre_weight",
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "swap_weight", "centre_weight",
                   "anchor_weight",
                   "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
                   "motion_noise"):
@@ -738,6 +740,8 @@ class MDBiGAN(nn.Module):
         terms.update(self._reconstruction(*real))
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
+        if self.cfg.swap_weight > 0:
+            terms["swap"] = (self.cfg.swap_weight, self._swap_consistency(*real[1:]))
         if self.prior_enc is not None:                          # trains the sampler and q only
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
@@ -780,6 +784,16 @@ class MDBiGAN(nn.Module):
         x = self.gen(z_c, z_m)
         z_m_rec = self.enc(x)
         return (z_m_rec - z_m).abs().mean() + (self.enc_c(x, z_m_rec) - z_c).abs().mean()
+
+    def _swap_consistency(self, z_m, z_c):
+        """|E(G(z_C^b, z_M^a)) - z_M^a| for real codes, b the next video in the batch: a swap cycle
+        (the reverse cycle of Jha et al. 2018) on E alone, G's swap drawn without gradients, so
+        that E reads a motion the same whatever content moves (a plain E's small errors differ
+        from digit to digit, and a probe reads the digit from them)."""
+        z_m = z_m.detach()
+        with torch.no_grad():
+            x = self.gen(z_c.detach().roll(1, 0), z_m)
+        return (self.enc(x) - z_m).abs().mean()
 
     def prior_fit(self, path):
         """Negative ELBO of code paths [B, T, dim_z_m] under the sampler as a VAE's decoder,

@@ -41,7 +41,7 @@ def test_api_shapes(cfg):
     pytest.param({}, id="conv"),
     pytest.param(dict(loss="bce", recon_weight=0.0), id="bce"),
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
-    pytest.param(dict(warp=True, motion_noise=0.05), id="warp"),
+    pytest.param(dict(warp=True, motion_noise=0.05, swap_weight=1.0), id="warp"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
     cfg = replace(TINY, **kw)
@@ -343,6 +343,26 @@ def test_centred_motion_code_holds_nothing_constant_over_a_video():
     assert z.abs().amax() > 1e-3                                # the frames differ: codes do too
     torch.testing.assert_close(torch.atanh(z).mean(1), torch.zeros(4, cfg.dim_z_m), atol=1e-5, rtol=0)
     torch.testing.assert_close(still, torch.zeros_like(still), atol=1e-6, rtol=0)
+
+
+def test_swap_cycle_trains_e_alone_on_a_swapped_video():
+    """The swap term is |E(G(z_C of the next video, z_M)) - z_M| on real codes, and of all the
+    networks it trains E alone: G draws the swap without gradients, the codes are its targets."""
+    cfg = replace(TINY, warp=True, swap_weight=1.0)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    z_m, z_c = m.encode_motion(x), m.encode_content(x)
+    term = m._swap_consistency(z_m, z_c)
+    with torch.no_grad():
+        swapped = m.gen(z_c[[3, 0, 1, 2]], z_m)                  # video b's content, a's motion
+        expected = (m.enc(swapped) - z_m).abs().mean()
+    torch.testing.assert_close(term, expected)
+    term.backward()
+    grads = {n: p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters()}
+    assert all(g for n, g in grads.items() if n.startswith("enc."))
+    assert not any(g for n, g in grads.items() if n.startswith(("gen.", "enc_c.")))
+    _, logs = m.eg_loss(x)
+    assert "swap" in logs and "swap" not in MDBiGAN(replace(cfg, swap_weight=0.0)).eg_loss(x)[1]
 
 
 def test_adversarial_weight_warms_up_over_its_steps():
