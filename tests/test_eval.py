@@ -218,10 +218,23 @@ def test_eval_writes_moving_pictures(evaluated, name):
 
 
 def test_eval_prints_how_to_read_each_number(evaluated):
-    out = evaluated[1]
-    assert re.search(r"motion_nmi +[\d.]+ +>= 0.95: (met|MISSED) +k-means .*higher is better", out)
+    out = evaluated[1]                                           # (tiny: a conv family run)
+    assert "targets: the generic presets' (conv family)" in out
+    assert re.search(r"motion_nmi +[\d.]+ +>= 0.9: (met|MISSED) +k-means .*higher is better", out)
     assert re.search(r"sample_fd +[\d.]+ +samples: Frechet", out)   # no target: no verdict
     assert str(evaluated[0]) in out.splitlines()[-1]             # ends by naming the folder
+
+
+def test_a_runs_targets_are_its_familys():
+    """A where/what run is held to its presets' targets, a conv run to the generic presets'."""
+    from types import SimpleNamespace
+    held = SimpleNamespace(content="digit", named=lambda: {"digit": np.arange(10), "motion": np.arange(10) % 8})
+    assert ev.guide("probe_digit_acc", held)[1] == ("<=", 0.15)
+    assert ev.guide("probe_digit_acc", held, conv=True)[1] == ("<=", 0.20)
+    assert ev.guide("swap_digit_acc", held, conv=True)[1] == (">=", 0.80)
+    assert ev.guide("random_c_consistency", held, conv=True)[1] is None
+    assert ev.guide("probe_digit_acc_mlp", held, conv=True)[1] == ("<=", 0.25)   # the same in both
+    assert "digit from z_M" in ev.guide("probe_digit_acc", held, conv=True)[0]
 
 
 def test_missing_checkpoint(tmp_path, capsys):
