@@ -85,10 +85,9 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "swap_weight", "centre_weight",
-                  "anchor_weight",
-                  "prior_weight", "sampler_hidden", "prior_components", "prior_temperature",
-                  "motion_noise"):
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "swap_weight",
+                  "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
+                  "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
