@@ -606,11 +606,12 @@ def write_metrics(out, m, held, meta, conv=False):
     """metrics.json (values, and each one's reading) and the printed table with met / missed
     (`conv`: against the generic presets' targets)."""
     m = {k: (None if v is None else float(v)) for k, v in m.items()}
+    meta = {**meta, "targets": "generic presets' (conv family)" if conv else "where/what presets'"}
     readings = {k: guide(k, held, conv) for k in m}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({**m, "meta": meta, "guide": {k: {"reading": r, "target": t} for k, (r, t) in readings.items()}},
                   f, indent=2)
-    print(f"\ntargets: the {meta.get('targets', 'where/what presets')}")
+    print(f"\ntargets: the {meta['targets']}")
     print(f"{'metric':30s} {'value':>8s}  {'target':22s} how to read it")
     for key, v in m.items():
         text, target = readings[key]
@@ -662,8 +663,7 @@ def evaluate(args, stage):
     stage("figures and GIFs")
     meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "data": test.describe(),
             "videos": n, "generated_videos": k, "frame_size": cfg.size, "channels": cfg.channels,
-            "content_judge": f"CNN v{JUDGE_VERSION}" if judge is not None else None,
-            "targets": "where/what presets'" if cfg.structured else "generic presets' (conv family)"}
+            "content_judge": f"CNN v{JUDGE_VERSION}" if judge is not None else None}
     write_metrics(out, m, held, meta, conv=not cfg.structured)
     stage(f"wrote metrics.json, the figures and GIFs to {out}/")
     return 0

@@ -791,7 +791,7 @@ class MDBiGAN(nn.Module):
         from digit to digit, and a probe reads the digit from them)."""
         z_m = z_m.detach()
         with torch.no_grad():
-            x = self.gen(z_c.detach().roll(1, 0), z_m)
+            x = self.gen(z_c.roll(1, 0), z_m)
         return (self.enc(x) - z_m).abs().mean()
 
     def prior_fit(self, path):
