@@ -48,9 +48,12 @@ class Config:
     adv_weight: float = 1.0     # weight of the adversarial terms in the E/G loss
     adv_warmup: int = 0         # training steps over which that weight grows from 0 (0: none)
     recon_weight: float = 1.0   # MSE of G(E_C(X), E(X)) vs X
+    recon_warmup: int = 0       # training steps over which that MSE spreads from the middle frame
+                                # to every frame (0: every frame from the start)
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
-                                # the same motion whatever the content that moves
+                                # the same motion whatever the content that moves (warmed up
+                                # with the adversarial weight)
     lr: float = 2e-4            # Adam learning rate of every part
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
@@ -70,6 +73,8 @@ class Config:
                                 # tanh, so a per-video constant (which digit) cannot pass (DBSE)
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
+    content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
+                                # "middle" one (DBSE's content from one frame)
     flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
                                 # over the frame (n >= 2: any affine motion is exact)
 
@@ -85,13 +90,14 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "adv_warmup", "recon_weight", "latent_weight", "swap_weight",
-                  "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
+                  "swap_weight", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        for k, allowed in (("loss", ("hinge", "bce")), ("sampler_backend", ("auto", "triton", "torch"))):
+        for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle")),
+                           ("sampler_backend", ("auto", "triton", "torch"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
 
@@ -270,7 +276,9 @@ class MotionSampler(nn.Module):
 #   terms the family puts on them, from one drawing.
 
 class ConvEncoder(nn.Module):
-    """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time.
+    """E or E_C of the paper: conv stack per frame to 4x4, a linear layer; E_C means over time,
+    or with cfg.content_frame = "middle" reads the middle frame alone (DBSE's content from one
+    frame: for a warp G, a sharp picture at the pose where the centred z_M is about zero).
     With cfg.centre_motion, E's codes before the tanh are centred over each video: z_M then says
     how a frame differs from the video's other frames (DBSE's subtraction of the mean, Berman et
     al. 2023), and what is constant over a video, the object's look, has no way into it."""
@@ -281,8 +289,11 @@ class ConvEncoder(nn.Module):
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
+        self.middle = pool_time and cfg.content_frame == "middle"
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
+        if self.middle:
+            x = x[:, x.shape[1] // 2][:, None]
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
@@ -361,8 +372,8 @@ class WarpGenerator(nn.Module):
 
 
 def conv_family(cfg):
-    """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time (beyond the paper);
-    with cfg.warp, G deforms one picture per video (WarpGenerator)."""
+    """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time or the middle frame
+    (beyond the paper); with cfg.warp, G deforms one picture per video (WarpGenerator)."""
     return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
             WarpGenerator(cfg) if cfg.warp else ConvGenerator(cfg))
 
@@ -736,21 +747,23 @@ class MDBiGAN(nn.Module):
         real, fake, t_idx = self._pairs(videos)
         terms = {"g": (self.adv_scale(iteration) * self.cfg.adv_weight,
                        self._eg_adversarial(real, fake, t_idx))}
-        terms.update(self._reconstruction(*real))
+        terms.update(self._reconstruction(*real, iteration=iteration))
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
         if self.cfg.swap_weight > 0:
-            terms["swap"] = (self.cfg.swap_weight, self._swap_consistency(*real[1:]))
+            terms["swap"] = (self.adv_scale(iteration) * self.cfg.swap_weight,
+                             self._swap_consistency(*real[1:]))
         if self.prior_enc is not None:                          # trains the sampler and q only
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
         return total, {k: v.detach() for k, (_, v) in terms.items()}
 
     def adv_scale(self, iteration):
-        """The adversarial weight's share at this training step: from 0 at the start to 1 after
-        cfg.adv_warmup steps: the reconstruction first ties z_M to the frames, before the BiGAN
-        pulls E's codes toward the untrained prior's near-constant paths (which can stall a warp G
-        at the identity warp, docs/model.md)."""
+        """The share of the adversarial and swap weights at this training step: from 0 at the
+        start to 1 after cfg.adv_warmup steps: the reconstruction first ties z_M to the frames,
+        before the BiGAN pulls E's codes toward the untrained prior's near-constant paths (which
+        can stall a warp G at the identity warp) and the swap cycle toward what G draws so far (a
+        turn G does not draw yet, E would learn not to read; docs/model.md)."""
         if not self.cfg.adv_warmup or iteration is None:
             return 1.0
         return min(1.0, iteration / self.cfg.adv_warmup)
@@ -761,8 +774,23 @@ class MDBiGAN(nn.Module):
             return sum(a.mean() - b.mean() for a, b in heads)
         return sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)   # labels swapped
 
-    def _reconstruction(self, x, z_m, z_c):
-        """{name: (weight, term)}: |G(E_C(x), E(x)) - x|^2 and the family's penalties."""
+    def frame_weights(self, iteration, frames):
+        """The reconstruction's weight per frame (frames,), mean 1, at this training step: a
+        Gaussian about the middle frame whose width grows from one frame to the whole video over
+        cfg.recon_warmup steps, then uniform. A warp G whose picture must serve every frame of a
+        turning object at once draws the turn's blur, which no turn of the flow changes; weighed
+        toward one frame first, it draws that frame sharp, and the next frames' small turns have
+        a gradient (coarse-to-fine in time)."""
+        if not self.cfg.recon_warmup or iteration is None or iteration >= self.cfg.recon_warmup:
+            return None
+        sigma = 1 + frames * (iteration / self.cfg.recon_warmup) ** 2   # narrow for longest
+        t = torch.arange(frames, dtype=torch.float32) - (frames - 1) / 2
+        w = torch.exp(-0.5 * (t / sigma) ** 2)
+        return w / w.mean()
+
+    def _reconstruction(self, x, z_m, z_c, iteration=None):
+        """{name: (weight, term)}: |G(E_C(x), E(x)) - x|^2 (its frames weighed by frame_weights
+        while it warms up) and the family's penalties."""
         if self.cfg.motion_noise > 0:   # a narrow code: what G can read of z_M is coarse
             z_m = z_m + self.cfg.motion_noise * torch.randn_like(z_m)
         x_rec, g_terms = self.gen.reconstruct(z_c, z_m)
@@ -770,7 +798,9 @@ class MDBiGAN(nn.Module):
         if self.cfg.recon_weight > 0:
             # per pixel, summed over channels: a red digit's ink lies in one channel of three, and
             # a mean over them weighed a colour digit's error a third to two thirds of a grey one's
-            terms["rec"] = (self.cfg.recon_weight, (x_rec - x).pow(2).sum(2).mean())
+            err = (x_rec - x).pow(2).sum(2).mean((2, 3))       # (B, T)
+            w = self.frame_weights(iteration, x.shape[1])
+            terms["rec"] = (self.cfg.recon_weight, (err if w is None else err * w.to(err.device)).mean())
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
             terms[name] = (1.0, term)
         return terms

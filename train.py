@@ -64,20 +64,23 @@ PRESETS = {
     "structured32": replace(STRUCTURED64, about="the same model at 32x32 for a 2-core CPU; the CPU default",
                             config=replace(STRUCTURED64.config, size=32, ch=16, ch_max=64, d_hidden=128),
                             batch_size=16, max_steps=3000, minutes=20),
-    # the conv family for any motion: G deforms one picture per video, a narrow, noisy motion code
-    # centred over the video and read alike whatever moves (the swap cycle), weak adversarial
+    # the conv family for any motion: G deforms one picture per video, drawn from the middle
+    # frame's content and rebuilt from that frame outward first; a narrow, noisy motion code
+    # centred over the video and read alike whatever moves (the swap cycle); weak adversarial
     # terms warmed up, no latent term (docs/model.md); the structured presets' schedule and
     # sampling priors
     "generic32": replace(STRUCTURED64, about="conv E/G for any motion at 32x32; on a CPU",
                          config=replace(STRUCTURED64.config, structured=False, size=32, ch=16, ch_max=64,
                                         d_hidden=128, dim_z_m=4, dim_z_c=32, motion_noise=0.05,
                                         adv_weight=0.02, adv_warmup=1000, latent_weight=0.0, warp=True,
-                                        centre_motion=True, swap_weight=1.0),
+                                        centre_motion=True, swap_weight=1.0, content_frame="middle",
+                                        recon_warmup=1000),
                          batch_size=16, max_steps=3000, minutes=20),
     "generic64": replace(STRUCTURED64, about="conv E/G for any motion at 64x64; on a GPU",
                          config=replace(STRUCTURED64.config, structured=False, dim_z_m=4, dim_z_c=32,
                                         motion_noise=0.05, adv_weight=0.02, adv_warmup=1000,
-                                        latent_weight=0.0, warp=True, centre_motion=True, swap_weight=1.0),
+                                        latent_weight=0.0, warp=True, centre_motion=True, swap_weight=1.0,
+                                        content_frame="middle", recon_warmup=1000),
                          batch_size=128),
     "paper": Preset("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
                     batch_size=32, max_steps=20_000, minutes=0),

@@ -365,6 +365,39 @@ def test_swap_cycle_trains_e_alone_on_a_swapped_video():
     assert "swap" in logs and "swap" not in MDBiGAN(replace(cfg, swap_weight=0.0)).eg_loss(x)[1]
 
 
+def test_swap_cycle_warms_up_with_the_adversarial_terms():
+    """The swap term, which pulls E's codes toward what G already draws, counts for nothing at step
+    0 of the warm-up and fully after it: the loss with it equals the loss without it at step 0."""
+    cfg = replace(TINY, warp=True, swap_weight=1.0, adv_warmup=10)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg)
+    off = MDBiGAN(replace(cfg, swap_weight=0.0))
+    off.load_state_dict(m.state_dict())
+
+    def loss(model, iteration):
+        torch.manual_seed(1)                                     # the same draws each time
+        return model.eg_loss(x, iteration)
+
+    (on0, logs), (off0, _) = loss(m, 0), loss(off, 0)
+    assert logs["swap"] > 0
+    torch.testing.assert_close(on0, off0)
+    (on10, logs10), (off10, _) = loss(m, 10), loss(off, 10)
+    torch.testing.assert_close(on10 - off10, logs10["swap"], rtol=1e-3, atol=1e-5)
+
+
+def test_content_from_the_middle_frame_reads_that_frame_alone():
+    """With content_frame="middle", z_C depends on the middle frame only: the others may change."""
+    cfg = replace(TINY, frames=5, content_frame="middle")
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg).eval(), videos(cfg)
+    y = videos(cfg, seed=1)
+    y[:, 2] = x[:, 2]
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode_content(x), m.encode_content(y))
+        y[:, 2] = 1 - y[:, 2]
+        assert not torch.allclose(m.encode_content(x), m.encode_content(y))
+
+
 def test_adversarial_weight_warms_up_over_its_steps():
     """With adv_warmup = 10 the E/G loss at step 0 is the loss without the adversarial terms, at
     step 5 it holds half their weight, from step 10 all of it; no step given: all of it."""
@@ -384,6 +417,26 @@ def test_adversarial_weight_warms_up_over_its_steps():
     torch.testing.assert_close(l10 - l0, 0.5 * g, **close)
     torch.testing.assert_close(l99, l10, **close)
     torch.testing.assert_close(lnone, l10, **close)
+
+
+def test_reconstruction_spreads_from_the_middle_frame_over_its_warmup():
+    """With recon_warmup = 10 the reconstruction term at step 0 is the frames' errors weighed by a
+    narrow Gaussian about the middle frame (the outer frames count for nothing), widening with the
+    steps; from step 10, or with no step given, the plain mean over every frame."""
+    cfg = replace(TINY, frames=9, recon_warmup=10)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg)
+    w0, w5 = m.frame_weights(0, 9), m.frame_weights(5, 9)
+    for w in (w0, w5):
+        torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+        assert w.argmax() == 4 and torch.equal(w, w.flip(0))   # peaked at the middle, symmetric
+    assert w0[0] < 1e-2 < w5[0] < 1 and w0[4] > w5[4] > 1
+    assert m.frame_weights(10, 9) is None and m.frame_weights(None, 9) is None
+    with torch.no_grad():
+        z_m, z_c = m.enc(x * 2 - 1), m.encode_content(x)
+        err = (m.gen(z_c, z_m) - (x * 2 - 1)).pow(2).sum(2).mean((2, 3))    # (B, T)
+        for it, want in ((0, (err * w0).mean()), (10, err.mean()), (None, err.mean())):
+            torch.testing.assert_close(m._reconstruction(x * 2 - 1, z_m, z_c, it)["rec"][1], want)
 
 
 def test_fake_frames_for_d_image_come_from_all_steps():
@@ -447,6 +500,8 @@ def test_videos_of_the_wrong_shape_are_a_clear_error():
     pytest.param(dict(beta1=1.5), "beta1", id="beta1"),
     pytest.param(dict(flow_size=1), "flow_size", id="flow_size"),
     pytest.param(dict(adv_warmup=-1), "adv_warmup", id="adv_warmup"),
+    pytest.param(dict(recon_warmup=-1), "recon_warmup", id="recon_warmup"),
+    pytest.param(dict(content_frame="first"), "content_frame", id="content_frame"),
     pytest.param(dict(loss="wasserstein"), "loss", id="loss"),
 ])
 def test_bad_config_is_a_clear_error(kwargs, message):
