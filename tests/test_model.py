@@ -572,17 +572,18 @@ def test_works_copied_alone(tmp_path):
     assert r.stderr.count("kernels/ is not importable") == 1, r.stderr
 
 
-def test_pretrained_model_generates():
-    """pretrained/structured32.pt (inference weights only) loads, samples and generates frames in
-    [0, 1] with ink in them, at its own size."""
-    path = os.path.join(os.path.dirname(__file__), "..", "pretrained", "structured32.pt")
+@pytest.mark.parametrize("name", ["structured32", "generic32"])
+def test_pretrained_model_generates(name):
+    """pretrained/NAME.pt (inference weights only) loads, samples and generates frames in [0, 1]
+    with ink in them, at its own size, from its own family."""
+    path = os.path.join(os.path.dirname(__file__), "..", "pretrained", f"{name}.pt")
     ck = torch.load(path, weights_only=True)
     assert "opt_d" not in ck and not any(k.startswith("disc_") for k in ck["ema"])
     m = MDBiGAN.from_checkpoint(path)
     torch.manual_seed(0)
     with torch.no_grad():
         v = m.generate(*m.sample(4))
-    assert v.shape == (4, 20, 1, 32, 32) and m.cfg.structured
+    assert v.shape == (4, 20, 1, 32, 32) and m.cfg.structured == (name == "structured32")
     assert v.min() >= 0 and v.max() <= 1
     assert ((v > 0.5).flatten(2).sum(-1) > 10).all()             # every frame shows a digit's ink
     assert m.content_prior.weights.count_nonzero() > 1           # the fitted sampling priors came too
