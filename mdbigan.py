@@ -774,7 +774,7 @@ class MDBiGAN(nn.Module):
             return sum(a.mean() - b.mean() for a, b in heads)
         return sum(F.softplus(a).mean() + F.softplus(-b).mean() for a, b in heads)   # labels swapped
 
-    def frame_weights(self, iteration, frames):
+    def frame_weights(self, iteration, frames, device=None):
         """The reconstruction's weight per frame (frames,), mean 1, at this training step: a
         Gaussian about the middle frame whose width grows from one frame to the whole video over
         cfg.recon_warmup steps, then uniform. A warp G whose picture must serve every frame of a
@@ -784,7 +784,7 @@ class MDBiGAN(nn.Module):
         if not self.cfg.recon_warmup or iteration is None or iteration >= self.cfg.recon_warmup:
             return None
         sigma = 1 + frames * (iteration / self.cfg.recon_warmup) ** 2   # narrow for longest
-        t = torch.arange(frames, dtype=torch.float32) - (frames - 1) / 2
+        t = torch.arange(frames, dtype=torch.float32, device=device) - (frames - 1) / 2
         w = torch.exp(-0.5 * (t / sigma) ** 2)
         return w / w.mean()
 
@@ -799,8 +799,8 @@ class MDBiGAN(nn.Module):
             # per pixel, summed over channels: a red digit's ink lies in one channel of three, and
             # a mean over them weighed a colour digit's error a third to two thirds of a grey one's
             err = (x_rec - x).pow(2).sum(2).mean((2, 3))       # (B, T)
-            w = self.frame_weights(iteration, x.shape[1])
-            terms["rec"] = (self.cfg.recon_weight, (err if w is None else err * w.to(err.device)).mean())
+            w = self.frame_weights(iteration, x.shape[1], err.device)   # made where it is used
+            terms["rec"] = (self.cfg.recon_weight, (err if w is None else err * w).mean())
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
             terms[name] = (1.0, term)
         return terms
