@@ -38,11 +38,14 @@ last the 1,797 8x8 digits that ship with scikit-learn, resized to 28x28, with a 
 
 Video files (train.py --data, VideoFile): an .npz holding `videos`, uint8 [N, T, H, W] or
 [N, T, H, W, C] with C = 1 or 3, and optional int label arrays [N] (`content`, `motion`, any
-other name), which only evaluation reads. `--export` writes MotionMNIST in exactly this format.
+other name), which only evaluation reads; an optional `split` [N] (0 train, 1 test) replaces the
+seeded 10% held out. `--export` writes MotionMNIST in exactly this format, and `--sprites` the
+Sprites benchmark (Li & Mandt 2018) built from its sheets, with the authors' split.
 
 Usage:
     python data.py --preview motions.png [--mnist-dir DIR] [--variant affine] [--colour]
     python data.py --export videos.npz --count 1000 [--split test] [--size 32] [--colour]
+    python data.py --sprites SHEETS --export sprites.npz   # the Sprites benchmark, from its sheets
     python data.py --bench                      # videos/s of batch rendering on one core
     python data.py --download [--mnist-dir DIR] # fetch MNIST into the cache (or DIR)
 
@@ -573,12 +576,35 @@ def holdout_items(n, fraction=0.1, seed=0):
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
+def identity_labels(labels):
+    """The names of labels that say who, not what: more than 100 classes, or fewer than 5 videos a
+    class (a character or a clip id). They are not probed or judged; they group the probes."""
+    many = lambda y: len(np.unique(y)) > 100 or len(y) < 5 * len(np.unique(y))
+    return tuple(k for k, y in labels.items() if many(y))
+
+
+def file_split(path, split, n):
+    """The held-out videos of a file's own `split` array [n] (0 train, 1 test); DataError when it
+    is not one 0 or 1 a video with both present."""
+    values = np.unique(split)
+    if not set(values.tolist()) <= {0, 1}:
+        raise DataError(f"{path}: 'split' holds {values[:6].tolist()}; it must be 0 (train) or 1 "
+                        "(test) for every video")
+    test = np.flatnonzero(split == 1)
+    if len(test) in (0, n):
+        raise DataError(f"{path}: 'split' puts {'no' if len(test) == 0 else 'every'} video in the "
+                        f"test split; it needs at least one training (0) and one test (1) video")
+    return test
+
+
 class VideoFile:
     """A user's videos from an .npz file (read_videos), as the scripts take any data set: frames
-    cropped and resized to size x size, split into training and held-out videos.
+    cropped and resized to size x size, split into training and held-out videos: the file's own
+    `split` array (0 train, 1 test) where it has one, else a seeded 10%.
 
     clips(items, starts=None) gives videos uint8 [n, frames, C, S, S] (windows of `frames`
-    frames from `starts`, or from the first frame) and the file's labels.
+    frames from `starts`, or from the first frame) and the file's labels; label_names are those
+    to probe and judge (not identities: identity_labels), groups(items) who shares content.
     """
 
     def __init__(self, path, split="train", size=64, frames=None, holdout=None, log=print):
@@ -586,7 +612,11 @@ class VideoFile:
         N, T = videos.shape[:2]
         self.path, self.source, self.split = os.path.abspath(path), os.path.abspath(path), split
         self.fingerprint = _fingerprint(videos, labels)
-        self.holdout = holdout_items(N) if holdout is None else np.asarray(holdout, np.int64)
+        own = labels.pop("split", None)                        # the file's split, not a label
+        if holdout is not None:                                # the run's, stored in its checkpoint
+            self.holdout = np.asarray(holdout, np.int64)
+        else:
+            self.holdout = holdout_items(N) if own is None else file_split(path, own, N)
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         if self.holdout.size and (self.holdout.min() < 0 or self.holdout.max() >= N):
@@ -601,10 +631,14 @@ class VideoFile:
         self.size, self.channels, self.items = size, videos.shape[-1], keep
         self.videos = square(videos[keep], size)                 # (n, T, C, S, S) uint8
         self.labels = {k: v[keep] for k, v in labels.items()}
-        self.label_names = tuple(self.labels)
+        ids = identity_labels(labels)
+        self.label_names = tuple(k for k in self.labels if k not in ids)
+        # the coarsest identity groups the probes: one character's videos on one side only
+        self.identity = min(ids, key=lambda k: len(np.unique(labels[k]))) if ids else None
         self.motion_names = None
         log(f"data: {path}: {N} videos of {T} frames {videos.shape[2]}x{videos.shape[3]}x"
-            f"{self.channels} -> {size}x{size}; {len(keep)} in split '{split}'")
+            f"{self.channels} -> {size}x{size}; {len(keep)} in split '{split}'"
+            + (" (the file's own split)" if own is not None else ""))
 
     def __len__(self):
         return len(self.videos)
@@ -620,8 +654,10 @@ class VideoFile:
         return videos, {k: v[items] for k, v in self.labels.items()}
 
     def groups(self, items):
-        """Each video is its own group: nothing says which videos share content."""
-        return np.asarray(items, dtype=np.int64)
+        """Who shares content: the identity label (e.g. a character) where the file has one, else
+        each video its own group."""
+        items = np.asarray(items, dtype=np.int64)
+        return self.labels[self.identity][items] if self.identity else items
 
     def describe(self):
         return f"{self.path} ({self.channels} channel{'s' if self.channels > 1 else ''})"
@@ -668,6 +704,105 @@ def spec_of(ds, mnist_dir=None):
             "source": ds.source}
 
 
+# ----------------------------------------------------------------------------- Sprites
+
+# Sprites (Li & Mandt, "Disentangled Sequential Autoencoder", ICML 2018), built as the authors'
+# random_character.py and frame_to_npy.py build it (github.com/YingzhenLi/Sprites): 1,296
+# characters, each of 3 actions seen from 3 directions, 8 frames of 64x64 RGB.
+SPRITE_LAYERS = ("body", "bottomwear", "topwear", "hair")     # composited in this order, then shoes
+SPRITE_ACTIONS = ("walk", "spellcard", "slash")               # motion = 3 * action + direction
+SPRITE_DIRECTIONS = ("front", "left", "right")
+SPRITE_MOTIONS = tuple(f"{a} {d}" for a in SPRITE_ACTIONS for d in SPRITE_DIRECTIONS)
+# first sheet cell of each action by direction, and the 8 frames' cells from it (a sheet is 13
+# cells wide: cell = row * 13 + column); the authors repeat frames to make every action 8 long
+_SPRITE_STARTS = {"walk": (131, 118, 144), "spellcard": (26, 13, 39), "slash": (182, 169, 195)}
+_SPRITE_STEPS = {"walk": (7, 0, 1, 2, 3, 4, 5, 6), "spellcard": (0, 1, 2, 3, 4, 5, 4, 6),
+                 "slash": (0, 1, 2, 3, 4, 5, 4, 0)}
+SPRITE_SHEET = (1344, 832)     # pixels, rows x columns: 21 x 13 cells of 64 x 64
+SPRITE_SPLIT_SEED, SPRITE_TRAIN = 423, 1000   # frame_to_npy.py: the first 1,000 characters train
+
+
+def sprite_cells():
+    """The sheet cells of every motion's 8 frames, int [9, 8], motion = 3 * action + direction."""
+    return np.array([[s + k for k in _SPRITE_STEPS[a]] for a in SPRITE_ACTIONS
+                     for s in _SPRITE_STARTS[a]])
+
+
+def sprite_split():
+    """The authors' split: int [1296], 0 for the 1,000 training characters, 1 for the 296 test."""
+    rng = np.random.RandomState(SPRITE_SPLIT_SEED)             # numpy.random.seed(423), as theirs
+    order = rng.permutation(6 ** 4)
+    split = np.ones(6 ** 4, np.int64)
+    split[order[:SPRITE_TRAIN]] = 0
+    return split
+
+
+def _read_sheet(path, cells):
+    """One layer sheet's cells as RGBA, uint8 [len(cells), 64, 64, 4] (Pillow, imported here)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            rgba = np.asarray(im.convert("RGBA"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable PNG sheet ({e})") from None
+    if rgba.shape[:2] != SPRITE_SHEET:
+        raise DataError(f"{path}: a sheet is {SPRITE_SHEET[1]}x{SPRITE_SHEET[0]} px (13 x 21 cells "
+                        f"of 64 x 64), this one is {rgba.shape[1]}x{rgba.shape[0]}")
+    grid = rgba.reshape(21, 64, 13, 64, 4).transpose(0, 2, 1, 3, 4).reshape(-1, 64, 64, 4)
+    return grid[cells]
+
+
+def _over(dst, src):
+    """src RGBA uint8 [..., 4] alpha-composited over opaque dst RGB uint8 [..., 3], with Pillow's
+    integer arithmetic (Image.alpha_composite, AlphaComposite.c), so the bytes are the authors'."""
+    a = src[..., 3:].astype(np.uint32)
+    # over an opaque destination Pillow's coefficients reduce to a * 128 and (255 - a) * 128
+    # (PRECISION_BITS = 7); SHIFTFORDIV255(x) = ((x >> 8) + x) >> 8
+    tmp = (src[..., :3] * a + dst * (255 - a)) * 128 + (0x80 << 7)
+    out = ((((tmp >> 8) + tmp) >> 8) >> 7).astype(np.uint8)
+    return np.where(a > 0, out, dst)                            # Pillow copies dst where a == 0
+
+
+def build_sprites(folder, characters=None, log=print):
+    """Sprites from the layer sheets in `folder` (a clone of github.com/YingzhenLi/Sprites).
+
+    Returns (videos uint8 [9 n, 8, 64, 64, 3], labels {motion, body, bottom, top, hair,
+    character, split}: int64 [9 n]), video i being character characters[i // 9] doing motion
+    i % 9; characters: the character numbers ((body * 6 + bottom) * 6 + top) * 6 + hair, default
+    all 1,296. Each character is its layers body, bottomwear, topwear, hair, then shoes/1.png,
+    alpha-composited over opaque black; split is the authors' (sprite_split). DataError names
+    what is missing when the folder is not the sheets.
+    """
+    chars = np.arange(6 ** 4) if characters is None else np.asarray(characters, np.int64).reshape(-1)
+    if chars.size == 0 or chars.min() < 0 or chars.max() >= 6 ** 4:
+        raise DataError(f"characters must be numbers in 0..{6 ** 4 - 1}")
+    need = [os.path.join(layer, f"{k}.png") for layer in SPRITE_LAYERS for k in range(6)]
+    missing = [p for p in need + ["shoes/1.png"] if not os.path.isfile(os.path.join(folder, p))]
+    if missing:
+        raise DataError(f"{folder}: not the Sprites sheets ({len(missing)} of the layer files are "
+                        f"missing, e.g. {missing[0]}); clone them with: git clone "
+                        "https://github.com/YingzhenLi/Sprites")
+    cells, t0 = sprite_cells(), time.perf_counter()
+    used, where = np.unique(cells, return_inverse=True)         # 63 distinct cells
+    digits = np.stack([chars // 216, chars // 36 % 6, chars // 6 % 6, chars % 6], 1)   # (n, 4)
+    frames = np.zeros((len(chars), len(used) * 64 * 64, 3), np.uint8)   # opaque black, flat pixels
+    for j, layer in enumerate(SPRITE_LAYERS + ("shoes",)):
+        for k in np.unique(digits[:, j]) if j < 4 else [1]:
+            sheet = _read_sheet(os.path.join(folder, layer, f"{k}.png"), used).reshape(-1, 4)
+            px = np.flatnonzero(sheet[:, 3])                    # a layer covers few pixels: only those
+            rows = np.flatnonzero(digits[:, j] == k) if j < 4 else np.arange(len(chars))
+            for r in np.array_split(rows, -(-len(rows) // 256)):   # (memory: uint32 temporaries)
+                frames[r[:, None], px] = _over(frames[r[:, None], px], sheet[px])
+    frames = frames.reshape(len(chars), len(used), 64, 64, 3)
+    videos = frames[:, where.reshape(cells.shape)].reshape(-1, 8, 64, 64, 3)   # (9 n, 8, 64, 64, 3)
+    labels = {"motion": np.tile(np.arange(9), len(chars)),
+              **{name: np.repeat(digits[:, j], 9) for j, name in enumerate(("body", "bottom", "top", "hair"))},
+              "character": np.repeat(chars, 9), "split": np.repeat(sprite_split()[chars], 9)}
+    log(f"data: Sprites from {folder}: {len(videos)} videos of 8 frames 64x64x3 "
+        f"({len(chars)} characters) in {time.perf_counter() - t0:.1f} s")
+    return videos, labels
+
+
 # ----------------------------------------------------------------------------- command line
 
 def preview(path, ds, frames_shown=None, title=None):
@@ -702,7 +837,12 @@ def export(path, ds, count):
     parts = [ds.clips(c) for c in np.array_split(np.arange(n), max(1, n // 4096))]
     videos = np.concatenate([v for v, _ in parts])               # (n, T, C, S, S)
     videos = videos[:, :, 0] if ds.channels == 1 else videos.transpose(0, 1, 3, 4, 2)
-    labels = {k: np.concatenate([lab[k] for _, lab in parts]) for k in parts[0][1]}
+    return write_videos(path, videos, {k: np.concatenate([lab[k] for _, lab in parts]) for k in parts[0][1]})
+
+
+def write_videos(path, videos, labels):
+    """Writes videos and int labels as a video file, atomically (a temporary file, then a rename):
+    an interrupted export never leaves a half-written file. Returns (shape, label names)."""
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, videos=videos, **labels)
     os.replace(tmp, path)
@@ -741,13 +881,22 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=20, help="frames per video (default 20)")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    p.add_argument("--sprites", metavar="SHEETS", help="with --export: build the Sprites benchmark "
+                   "(all 11,664 videos, the authors' split as `split`) from a clone of "
+                   "github.com/YingzhenLi/Sprites")
     p.add_argument("--bench", action="store_true", help="time batch rendering")
     p.add_argument("--download", action="store_true", help="download MNIST into the cache "
                    "folder, or into --mnist-dir when given")
     args = p.parse_args(argv)
     if not (args.preview or args.export or args.bench or args.download):
         p.error("nothing to do: give --preview FILE.png, --export FILE.npz, --bench or --download")
+    if args.sprites and (args.preview or not args.export):
+        p.error("--sprites SHEETS goes with --export FILE.npz (and no --preview)")
     try:
+        if args.sprites:
+            shape, names = write_videos(args.export, *build_sprites(args.sprites))
+            print(f"wrote {args.export}: videos uint8 {list(shape)}, labels {', '.join(names)}")
+            return 0
         if args.download:
             download_mnist(args.mnist_dir or cache_dir())
         if args.bench:
@@ -766,7 +915,7 @@ def main(argv=None):
             print(f"wrote {args.export}: videos uint8 {list(shape)}, labels {', '.join(names)}")
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

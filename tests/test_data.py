@@ -215,7 +215,7 @@ def test_export_round_trips(mnist_dir, tmp_path):
 
 
 def test_cli_error_on_missing_folder(tmp_path):
-    assert data.main(["--preview", str(tmp_path / "q.png"), "--mnist-dir", "/no/such"]) == 1
+    assert data.main(["--preview", str(tmp_path / "q.png"), "--mnist-dir", "/no/such"]) == 2
 
 
 def test_works_copied_alone(tmp_path):
