@@ -5,6 +5,7 @@ Usage (inside the README's .venv):
     python train.py --device cuda --mnist-dir DIR     # the default GPU preset on real MNIST
     python train.py --data videos.npz --preset generic32       # your own videos (data.py --export)
     python train.py --data videos.npz --frames 16     # ... on random windows of 16 frames
+    python train.py --data sprites.npz --preset generic32 --time-limit 0   # Sprites (data.py --sprites)
     python train.py --preset paper --device cuda      # the paper's conv model as written (+ fixes)
     python train.py --resume --out-dir runs/cpu       # continue that run exactly, its own settings
     python train.py --set recon_weight=0 --set loss=bce        # override any Config field
@@ -14,7 +15,8 @@ Usage (inside the README's .venv):
 Data: MotionMNIST (data.py; --variant, --mnist-dir), or --data FILE.npz holding `videos`, uint8
 [N, T, H, W] or [N, T, H, W, C] with C = 1 or 3, and optionally int labels `content`, `motion`
 [N] that only evaluation reads. Frames are centre-cropped and resized to the preset's size; the
-file's T sets the model's frames (or --frames K, windows); 10% of the videos are held out.
+file's T sets the model's frames (or --frames K, windows); its `split` array (0 train, 1 test)
+says which videos are held out, else a seeded 10% are (data.py --sprites writes the authors').
 
 Writes to --out-dir (default runs/PRESET), which must not hold another run (--resume continues
 it, --overwrite replaces it): ckpt.pt (atomic: model, its weight average, optimisers, step,
@@ -220,13 +222,16 @@ def open_data(args, ck, cfg, log):
     return ds, data.spec_of(ds, spec.get("mnist_dir"))
 
 
-def check_out_dir(out, overwrite):
-    """Refuses to start a new run where one is (unless overwrite: its files are removed); checks
-    the folder is writable."""
+def check_out_dir(out, overwrite, write=True):
+    """Refuses to start a new run where one is (unless overwrite); with write, makes the folder,
+    checks it is writable and removes the replaced run's files (after the data opened, so that a
+    refused data file leaves nothing behind)."""
     old = os.path.join(out, "ckpt.pt")
     if os.path.exists(old) and not overwrite:
         raise RunError(f"{out} already holds a run ({old}): continue it with --resume, start this "
                        "one in another --out-dir, or replace it with --overwrite")
+    if not write:
+        return
     try:
         os.makedirs(out, exist_ok=True)
         open(os.path.join(out, ".write_test"), "w").close()
@@ -462,9 +467,11 @@ def open_run(args):
     rank, world = start_ranks(args)
     log = print if rank == 0 else (lambda *a, **k: None)
     if rank == 0 and ck is None:
-        check_out_dir(out, args.overwrite)
+        check_out_dir(out, args.overwrite, write=False)
     base = make_config(PRESETS[args.preset].config, args.set) if ck is None else Config.from_dict(ck["config"])
     ds, spec = open_data(args, ck, base, log)
+    if rank == 0 and ck is None:
+        check_out_dir(out, args.overwrite)
     if ck is None:   # the data set the model's length and channels
         base = make_config(replace(base, frames=ds.frames, channels=ds.channels), [])
     elif spec["fingerprint"] != ck["args"]["data"]["fingerprint"]:
