@@ -1,9 +1,11 @@
 """Evaluates an MDBiGAN checkpoint on its run's held-out videos (docs/model.md, "How results are
-judged"): MotionMNIST's held-out digits, or the held-out 10% of a --data file.
+judged"): MotionMNIST's held-out digits, a --data file's own test split (Sprites: the authors'
+2,664 test videos), or its seeded held-out 10%.
 
 Usage (inside the README's .venv):
     python eval.py runs/cpu                       # a run folder, its ckpt.pt or model.pt; writes runs/cpu/eval/
     python eval.py pretrained/structured32.pt     # the pretrained model (needs the MNIST it used)
+    python eval.py runs/sprites                   # a Sprites run: the field's protocol, its table
     python eval.py CKPT --out-dir DIR --device cuda
     python eval.py CKPT --variant hard            # MotionMNIST runs: another variant's videos
     python eval.py CKPT --long 100                # also 100-frame samples: long.gif, long_* metrics
@@ -16,19 +18,24 @@ the data are now, if they moved; a fingerprint checks they are the same). Writes
   fig5_recon.png  originals, G(random z_C, E(x)) and G(E_C(x), E(x)) (the paper's Fig. 5)
   swap.png, samples.png          motion transfer, and videos sampled from the priors
   samples.gif, recon.gif, swap.gif   the same, moving (long.gif with --long)
-Metrics, by what the data hold:
+Metrics, by what the data hold (labels with over 100 classes or under 5 videos a class, such as
+Sprites' `character`, are identities: never probed or judged, they group the probes' halves):
   always          reconstruction MSE and PSNR; the swap cycle's errors, each relative to its
                   code's spread; the t-SNE of z_M and the GIFs
   motion labels   k-means on z_M (NMI, ARI, accuracy) beside k-means on raw pixels; a linear
-                  probe for the motion from z_M
-  content labels  leakage: linear and MLP probes for the content from z_M (and for every other
-                  label, e.g. hue); a content judge (a CNN fitted on the training split's frames)
-                  scores reconstructions, swaps and samples: accuracy, consistency over a video,
-                  confidence, IS, H(y|x), H(y) and a Frechet distance in its features
-  MotionMNIST     its content is the digit; a motion judge (a logistic regression on
-                  centre-of-mass paths) scores swaps; motion error in pixels, speed, paths in range
+                  probe for the motion from z_M, and from z_C; the field's protocol (DSVAE,
+                  S3VAE, C-DSVAE): a video judge (a conv net per frame, a bi-LSTM, one head per
+                  label, fitted on the training split's videos) reads motion kept with content
+                  sampled (transfer_motion_acc, IS, H(y|x), H(y) in nats), content kept with
+                  motion sampled (transfer_{L}_acc), swaps and reconstructions
+  other labels    leakage: linear and MLP probes for each label from z_M
+  content labels  a content judge (a CNN fitted on the training split's frames) scores
+                  reconstructions, swaps and samples: accuracy, consistency over a video,
+                  confidence, IS, H(y|x), H(y) in bits and a Frechet distance in its features
+  MotionMNIST     its content is the digit; motion error in pixels, speed, paths in range
 Judges are fitted once and cached (~/.cache/mdbigan/judges); their accuracy on real held-out
-videos is reported as their ceiling.
+videos is reported as their ceiling. Probes fit on a seeded random half of the groups (digits,
+characters; each video where nothing groups them) and score on the other half.
 """
 import argparse
 import hashlib
@@ -55,11 +62,15 @@ import data
 from mdbigan import MDBiGAN, load_checkpoint
 
 JUDGE_VERSION = 2     # bump when ContentJudge or its training changes: cached judges are then refitted
-JUDGE_SIZE = 32       # frames are pooled (or upsampled) to 32x32 for the judge: one net for any size
-GENERATED = 2000      # videos per generated set
+VIDEO_JUDGE_VERSION = 1   # the same for the video judge
+JUDGE_SIZE = 32       # frames are pooled (or upsampled) to 32x32 for the judges: one net for any size
+GENERATED = 3000      # videos per generated set (Sprites' 2,664 test videos: all of them)
 
-# metric -> (how to read it, target or None): a target is (">=" or "<=", value), and the printed
-# table marks it met or missed. {c}: the content label's name (digit for MotionMNIST), {L}: any label.
+# metric -> (how to read it, target or None): a target is (">=" or "<=", value), the value a
+# number or a function of (the label's chance, K = the number of motions), and the printed table
+# marks it met or missed. {c}: the content label's name (digit for MotionMNIST), {L}: any label;
+# the first pattern that matches a key is its entry. Nats for the video judge's motion (as the
+# field reports it), bits for the content judge's samples (as this project's earlier tables).
 GUIDE = {
     "motion_nmi": ("k-means (k = 8) on z_M against the motion labels; higher is better", (">=", 0.95)),
     "motion_ari": ("the same, adjusted Rand index", None),
@@ -71,8 +82,11 @@ GUIDE = {
     "pixel_probe_motion_acc": ("the baseline: the same probe on raw pixels", None),
     "probe_{c}_acc": ("leakage: linear probe, {c} from z_M; lower is better; chance {chance}", ("<=", 0.15)),
     "probe_{c}_acc_mlp": ("leakage: MLP probe, {c} from z_M; lower is better; chance {chance}", ("<=", 0.25)),
-    "probe_{L}_acc": ("leakage: linear probe, {L} from z_M; lower is better; chance {chance}", None),
+    "probe_{L}_acc": ("leakage: linear probe, {L} from z_M; lower is better; chance {chance}",
+                      ("<=", lambda chance, k: chance + 0.15)),
     "probe_{L}_acc_mlp": ("leakage: MLP probe, {L} from z_M; lower is better; chance {chance}", None),
+    "content_probe_motion_acc": ("linear probe, motion from z_C: a content code that holds the motion "
+                                 "is not disentangled; chance {chance}", ("<=", lambda chance, k: chance + 0.10)),
     "content_probe_{L}_acc": ("linear probe, {L} from z_C; chance {chance}", None),
     "path_probe_{L}_acc": ("the baseline: linear probe, {L} from the real frames' centre-of-mass "
                            "paths (where the ink is; what z_M may carry)", None),
@@ -81,9 +95,24 @@ GUIDE = {
     "cycle_motion_err": ("|E(G(z_C^A, z_M^B)) - z_M^B| over the mean |z_M - mean| (0: exact; 1: as far "
                          "as a random code); lower is better", None),
     "cycle_content_err": ("|E_C(G(z_C^A, z_M^B)) - z_C^A|, likewise relative; lower is better", None),
+    "video_judge_{L}_acc": ("the video judge on real held-out videos, {L}: its ceiling; chance {chance}", None),
+    "transfer_motion_acc": ("motion kept, content sampled, G(random z_C, E(x)): the video judge reads "
+                            "x's motion (the field's Acc); chance {chance}", (">=", 0.99)),
+    "transfer_is": ("the same: inception score of the judge's motion, nats; at most K",
+                    (">=", lambda chance, k: 0.98 * k)),
+    "transfer_h_y_given_x": ("the same: H(y|x), nats; lower is better (each video one clear motion)",
+                             ("<=", 0.05)),
+    "transfer_h_y": ("the same: H(y), nats; ln K when every motion appears equally",
+                     (">=", lambda chance, k: 0.99 * np.log(k))),
+    "transfer_{L}_acc": ("content kept, motion sampled, G(E_C(x), sampled z_M): the video judge reads "
+                         "x's {L}; chance {chance}", (">=", 0.95)),
     "recon_{c}_acc": ("content judge on G(E_C(x), E(x)): reads x's {c}; ceiling judge_{c}_acc", (">=", 0.85)),
     "swap_{c}_acc": ("content judge on G(E_C(A), E(B)): reads A's {c}", (">=", 0.85)),
     "fix_content_{c}_acc": ("content judge on G(E_C(x), sampled z_M): reads x's {c}", None),
+    "swap_motion_acc": ("video judge on G(E_C(A), E(B)): moves as B; chance {chance}", (">=", 0.95)),
+    "swap_{L}_acc": ("video judge on G(E_C(A), E(B)): reads A's {L}; chance {chance}", (">=", 0.95)),
+    "recon_motion_acc": ("video judge on G(E_C(x), E(x)): reads x's motion; chance {chance}", (">=", 0.99)),
+    "recon_{L}_acc": ("video judge on G(E_C(x), E(x)): reads x's {L}; chance {chance}", (">=", 0.95)),
     "sample_consistency": ("samples from the priors: one label over all frames; ceiling "
                            "real_consistency", (">=", 0.90)),
     "sample_confidence": ("samples: the judge's mean top probability; real: judge_confidence", (">=", 0.90)),
@@ -98,9 +127,6 @@ GUIDE = {
     "judge_confidence": ("the content judge's mean top probability on real frames", None),
     "real_consistency": ("one label over a real video's frames: the consistencies' ceiling", None),
     "long_consistency": ("--long samples: one label over all their frames", None),
-    "swap_motion_acc": ("motion judge on G(E_C(A), E(B)): moves as B", (">=", 0.95)),
-    "random_c_motion_acc": ("motion judge on G(random z_C, E(x)): moves as x", None),
-    "judge_motion_acc": ("the motion judge on real held-out videos: its ceiling", None),
     "recon_motion_err_px": ("centre of mass of G(E_C(x), E(x)) vs x, px; lower is better", None),
     "recon_motion_err_px_random_c": ("the same for G(random z_C, E(x))", None),
     "sample_speed_px": ("samples: px/frame, first frame to last; real_speed_px within 15%", None),
@@ -138,10 +164,13 @@ def cluster_scores(features, labels, seed=0):
             min(1.0, adjusted_rand_score(labels, pred)), cluster_acc(labels, pred))
 
 
-def probe(features, labels, groups, mlp=False):
-    """Linear (or MLP) probe: fitted on the first half of the groups, scored on the rest. A
-    linear probe understates what a nonlinear code carries, hence the MLP beside it."""
-    fit = groups < np.median(groups)
+def probe(features, labels, groups, mlp=False, seed=0):
+    """Linear (or MLP) probe: fitted on a seeded random half of the groups (videos that share
+    content: a digit, a character), scored on the other half, so the result does not depend on
+    the order of the videos. A linear probe understates what a nonlinear code carries, hence the
+    MLP beside it."""
+    names = np.unique(groups)
+    fit = np.isin(groups, np.random.default_rng(seed).permutation(names)[: len(names) // 2])
     if len(np.unique(labels[fit])) < 2 or fit.all() or not fit.any():
         return None                                              # too few videos to say anything
     if mlp:   # (early stopping holds out a tenth of the fit: only where that is enough to measure)
@@ -176,13 +205,6 @@ def centre_of_mass(frames):
 def motion_error(real, fake):
     """Mean distance in pixels between the centres of mass of real and fake frames [N, T, S, S]."""
     return float(np.linalg.norm(centre_of_mass(real) - centre_of_mass(fake), axis=-1).mean())
-
-
-def trajectory_features(videos):
-    """Motion judge features: centre-of-mass path [N, T, 2], absolute and relative to its start."""
-    com = centre_of_mass(videos) / videos.shape[-1]
-    return np.concatenate([com.reshape(len(videos), -1),
-                           (com - com[:, :1]).reshape(len(videos), -1)], 1)
 
 
 def speed_px(videos):
@@ -270,10 +292,12 @@ class ContentJudge(nn.Module):
         return self.fc(self.features(x))
 
 
-def shifted(x, gen, max_px=1.5):
-    """x (N, C, S, S) moved by a random (sub-)pixel amount in [-max_px, max_px] per axis, bilinearly."""
+def shifted(x, gen, max_px=1.5, shift=None):
+    """x (N, C, S, S) moved by a random (sub-)pixel amount in [-max_px, max_px] per axis, bilinearly
+    (or by `shift` (N, 1, 1, 2), in grid units: 2 / S a pixel)."""
     N, S = x.shape[0], x.shape[-1]
-    shift = (torch.rand(N, 1, 1, 2, generator=gen) * 2 - 1) * max_px * 2 / S
+    if shift is None:
+        shift = (torch.rand(N, 1, 1, 2, generator=gen) * 2 - 1) * max_px * 2 / S
     c = (torch.arange(S, dtype=x.dtype) * 2 + 1) / S - 1
     base = torch.stack(torch.broadcast_tensors(c[None, :], c[:, None]), -1)     # (S, S, 2)
     return F.grid_sample(x, base - shift, align_corners=False)
@@ -349,6 +373,157 @@ def judge_videos(judge, videos):
     return judge.fc(feats).softmax(-1).view(N, T, -1).cpu().numpy(), feats.cpu().numpy()
 
 
+# ----------------------------------------------------------------------------- the video judge
+
+class VideoJudge(nn.Module):
+    """The field's kind of classifier (the Sprites judge of DSVAE, S3VAE and C-DSVAE): a conv net
+    per frame, a bidirectional LSTM over the frames, one head per label on its final states.
+    Unlike the content judge it keeps where things are (no global pooling): position over time
+    is what a motion is. `classes` {label: number of classes}; frames are resized to JUDGE_SIZE."""
+
+    def __init__(self, channels, classes):
+        super().__init__()
+        layers, c_in = [], channels
+        for c in (32, 64, 128):                                  # 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2)]
+            c_in = c
+        self.convs = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 16, 256), nn.LeakyReLU(0.2))
+        self.rnn = nn.LSTM(256, 128, batch_first=True, bidirectional=True)
+        self.names = list(classes)
+        self.heads = nn.ModuleList(nn.Linear(256, k) for k in classes.values())
+
+    def forward(self, x):                                        # x: (N, T, C, S, S) in [0, 1]
+        N, T = x.shape[:2]
+        f = x.flatten(0, 1)
+        f = F.adaptive_avg_pool2d(f, JUDGE_SIZE) if f.shape[-1] >= JUDGE_SIZE else \
+            F.interpolate(f, JUDGE_SIZE, mode="bilinear", align_corners=False)
+        _, (h, _) = self.rnn(self.convs(f).view(N, T, -1))      # h: (2, N, 128), both directions
+        v = torch.cat([h[0], h[1]], 1)                           # (N, 256)
+        return {name: head(v) for name, head in zip(self.names, self.heads)}
+
+
+def video_judge_labels(held):
+    """The labels the video judge reads: the motion, and every other label but the content one
+    where the content judge (which reads it frame by frame) is there; None without motions."""
+    if "motion" not in held.labels:
+        return None
+    return ["motion"] + [k for k in held.labels if k not in ("motion", "content")]
+
+
+def judge_clip_set(train_set, names, n, rng):
+    """n real training videos at JUDGE_SIZE: (uint8 [n, T, C, J, J], {label: int64 [n]})."""
+    items = np.sort(rng.choice(len(train_set), min(n, len(train_set)), replace=False))
+    xs, ys = [], {k: [] for k in names}
+    for chunk in np.array_split(items, max(1, len(items) // 500)):   # (memory: rendered in chunks)
+        v, labels = train_set.clips(chunk)
+        f = torch.from_numpy(v).flatten(0, 1).float()
+        if f.shape[-1] != JUDGE_SIZE:
+            f = F.adaptive_avg_pool2d(f, JUDGE_SIZE) if f.shape[-1] > JUDGE_SIZE else \
+                F.interpolate(f, JUDGE_SIZE, mode="bilinear", align_corners=False)
+        xs.append(f.round().clamp(0, 255).to(torch.uint8).view(len(chunk), v.shape[1], *f.shape[1:]))
+        for k in names:
+            ys[k].append(labels[k])
+    return torch.cat(xs), {k: torch.from_numpy(np.concatenate(y)) for k, y in ys.items()}
+
+
+def fit_video_judge(train_set, names, videos=9000, frames=300_000, seed=0, device="cpu", log=print):
+    """Trains the video judge on up to `videos` real training-split videos for about `frames`
+    frames in all (2 to 8 epochs), every label's cross-entropy summed; each video moved by one
+    random sub-pixel shift for all its frames (a shift that changes no motion), so that a
+    generated video's slight offset does not fool it."""
+    x, y = judge_clip_set(train_set, names, videos, np.random.default_rng(seed))
+    epochs = int(np.clip(round(frames / x.shape[:2].numel()), 2, 8))
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    classes = {k: int(y[k].max()) + 1 for k in names}
+    judge = VideoJudge(train_set.channels, classes).to(device)
+    batch = 64
+    opt = torch.optim.Adam(judge.parameters(), 2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * -(-len(x) // batch))
+    N, T = x.shape[:2]
+    for epoch in range(epochs):
+        perm = torch.randperm(N, generator=gen)
+        for i in range(0, N, batch):
+            b = perm[i:i + batch]
+            frames = x[b].flatten(0, 1).float() / 255
+            shift = (torch.rand(len(b), 1, 1, 2, generator=gen) * 2 - 1) * 2 / JUDGE_SIZE
+            frames = shifted(frames, gen, shift=shift.repeat_interleave(T, 0))
+            out = judge(frames.view(len(b), T, *frames.shape[1:]).to(device))
+            loss = sum(F.cross_entropy(out[k], y[k][b].to(device)) for k in names)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"video judge: epoch {epoch + 1}/{epochs}, last batch loss {loss.item():.3f}")
+    return judge.eval()
+
+
+def load_or_fit_video_judge(train_set, names, cache, videos=9000, device="cpu", log=print):
+    """The cached video judge for this training split, frame size, length and labels; fitted and
+    saved if absent."""
+    what = [type(train_set).__name__, getattr(train_set, "variant", ""), getattr(train_set, "colour", "")]
+    h = hashlib.sha1(f"{train_set.fingerprint} {what} {len(train_set)} {train_set.size} "
+                     f"{train_set.frames} {names} {videos} v{VIDEO_JUDGE_VERSION}".encode())
+    path = os.path.join(cache, f"video_judge_{h.hexdigest()[:16]}.pt")
+    if os.path.isfile(path):
+        try:
+            ck = torch.load(path, weights_only=True)
+            judge = VideoJudge(train_set.channels, ck["classes"])
+            judge.load_state_dict(ck["state"])
+            return judge.to(device).eval()
+        except (RuntimeError, OSError, ValueError, KeyError):
+            log(f"video judge: {path} unreadable, fitting it again")
+    judge = fit_video_judge(train_set, names, videos, device=device, log=log)
+    try:
+        os.makedirs(cache, exist_ok=True)
+        classes = {k: head.out_features for k, head in zip(judge.names, judge.heads)}
+        torch.save({"classes": classes, "state": {k: v.cpu() for k, v in judge.state_dict().items()}},
+                   path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        log(f"video judge: not cached ({e.strerror}); it will be fitted again next time")
+    return judge
+
+
+@torch.no_grad()
+def judge_clips(judge, videos):
+    """videos [N, T, C, S, S] in [0, 1] (or uint8) -> {label: probabilities [N, K]}."""
+    device, scale = next(judge.parameters()).device, 255.0 if videos.dtype == np.uint8 else 1.0
+    outs = [judge(torch.as_tensor(videos[i:i + 256]).to(device).float() / scale)
+            for i in range(0, len(videos), 256)]
+    return {k: torch.cat([o[k] for o in outs]).softmax(-1).cpu().numpy() for k in judge.names}
+
+
+def motion_stats(p):
+    """probs [N, K] of the judge's motion -> (IS, H(y|x), H(y)) in nats: IS = exp E_x KL(p(y|x) ||
+    p(y)), H(y|x) the mean entropy, H(y) the marginal's (Salimans et al. 2016; the field's)."""
+    log = lambda q: np.log(np.clip(q, 1e-12, 1))
+    marginal = p.mean(0)
+    kl = (p * (log(p) - log(marginal))).sum(1)
+    return float(np.exp(kl.mean())), float(-(p * log(p)).sum(1).mean()), float(-(marginal * log(marginal)).sum())
+
+
+def protocol_metrics(judge, held, made, idx, perm):
+    """The field's protocol (DSVAE, S3VAE, C-DSVAE): the video judge on real held-out videos (the
+    ceiling), on motion kept with content sampled (transfer_motion_acc, IS, H(y|x), H(y)), on
+    content kept with motion sampled (transfer_{L}_acc), on swaps (B's motion, A's other labels)
+    and on reconstructions. made: generated_sets' videos of held's videos idx (swaps: B = idx[perm])."""
+    y = {k: held.labels[k] for k in judge.names}
+    read = lambda v: {k: p.argmax(-1) for k, p in judge_clips(judge, v).items()}
+    acc = lambda pred, truth: float((pred == truth).mean())
+    m = {f"video_judge_{k}_acc": acc(p, y[k][idx]) for k, p in read(held.videos[idx]).items()}
+    transfer = judge_clips(judge, made["random_c"])["motion"]
+    m["transfer_motion_acc"] = acc(transfer.argmax(-1), y["motion"][idx])
+    m["transfer_is"], m["transfer_h_y_given_x"], m["transfer_h_y"] = motion_stats(transfer)
+    fixed, swap, recon = read(made["fix_content"]), read(made["swap"]), read(made["recon"])
+    for k in judge.names:
+        if k != "motion":
+            m[f"transfer_{k}_acc"] = acc(fixed[k], y[k][idx])
+        m[f"swap_{k}_acc"] = acc(swap[k], y[k][idx[perm]] if k == "motion" else y[k][idx])
+        m[f"recon_{k}_acc"] = acc(recon[k], y[k][idx])
+    return m
+
+
 # ----------------------------------------------------------------------------- the stages
 
 @torch.no_grad()
@@ -381,11 +556,13 @@ def parse_args(argv=None):
                    "long (long.gif; long_* metrics)")
     p.add_argument("--judge-frames", type=int, default=30000, help="real frames the content judge "
                    "is fitted on, once (default 30,000)")
+    p.add_argument("--judge-videos", type=int, default=9000, help="real videos the video judge "
+                   "is fitted on, once (default 9,000: all of Sprites' training split)")
     p.add_argument("--judge-dir", default=os.path.join(os.path.dirname(data.cache_dir()), "judges"),
                    help="where fitted judges are cached (default ~/.cache/mdbigan/judges)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes and k-means")
     args = p.parse_args(argv)
-    for k, least in (("max_videos", 0), ("judge_frames", 100), ("long", 0)):
+    for k, least in (("max_videos", 0), ("judge_frames", 100), ("judge_videos", 16), ("long", 0)):
         if getattr(args, k) < least:
             p.error(f"--{k.replace('_', '-')} is too small: {getattr(args, k)}")
     if args.long == 1:
@@ -443,7 +620,8 @@ class Held:
     """The held-out videos and what the model makes of them."""
 
     def __init__(self, test, items, model, device):
-        self.videos, self.labels = test.clips(items)             # (N, T, C, S, S) uint8, kept so
+        self.videos, labels = test.clips(items)                  # (N, T, C, S, S) uint8, kept so
+        self.labels = {k: labels[k] for k in test.label_names}   # not identities (data.identity_labels)
         self.groups = test.groups(items)
         enc = lambda f: batched(lambda v: f(to_model(v)), self.videos, device=device)
         self.z_m, self.z_c = enc(model.encode_motion), enc(model.encode_content)   # (N, T, dz_m), (N, dz_c)
@@ -481,7 +659,7 @@ def code_metrics(held, rng, seed):
             probes[f"path_probe_{name}_acc"] = (path, y, held.groups, False)
         probes[f"content_probe_{name}_acc"] = (held.z_c, y, held.groups, False)
     # one process each: the probes are independent fits
-    accs = Parallel(n_jobs=max(1, min(len(probes), os.cpu_count() or 1)))(delayed(probe)(*a) for a in probes.values())
+    accs = Parallel(n_jobs=max(1, min(len(probes), os.cpu_count() or 1)))(delayed(probe)(*a, seed=seed) for a in probes.values())
     return {**m, **dict(zip(probes, accs))}
 
 
@@ -536,29 +714,16 @@ def judged_metrics(judge, held, made, idx, n):
     return m
 
 
-def fit_motion_judge(train_set, rng):
-    """A logistic regression on centre-of-mass paths of up to 8,000 training videos."""
-    items = rng.choice(len(train_set), min(8000, len(train_set)), replace=False)
-    videos, labels = train_set.clips(items)
-    judge = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    return judge.fit(trajectory_features(grey(videos)), labels["motion"])
-
-
-def motion_metrics(motion_judge, held, made, idx, perm):
-    """MotionMNIST's paths: the motion judge on swaps, motion error in pixels, speed, range."""
+def motion_metrics(held, made, idx):
+    """MotionMNIST's paths: motion error in pixels, speed, and whether paths stay in range."""
     real = grey(held.videos)
-    moves = lambda v: motion_judge.predict(trajectory_features(grey(v)))
-    motions = held.labels["motion"]
-    m = {"judge_motion_acc": float((moves(held.videos) == motions).mean()),
-         "real_speed_px": speed_px(real)}
+    m = {"real_speed_px": speed_px(real)}
     m["recon_motion_err_px_random_c"] = motion_error(real[idx], grey(made["random_c"]))
-    m["random_c_motion_acc"] = float((moves(made["random_c"]) == motions[idx]).mean())
     m["sample_speed_px"] = speed_px(grey(made["samples"]))
     m["sample_paths_in_range"] = paths_in_range(grey(made["samples"]), real)
     m["sample_paths_in_range_1px"] = paths_in_range(grey(made["samples"]), real, tol=1.0)
     m["recon_motion_err_px"] = motion_error(real[idx], grey(made["recon"]))
     m["recon_paths_in_range"] = paths_in_range(grey(made["recon"]), real)
-    m["swap_motion_acc"] = float((moves(made["swap"]) == motions[idx[perm]]).mean())
     return m
 
 
@@ -582,14 +747,20 @@ def long_metrics(judge, held, long):
 
 def guide(key, held, conv=False):
     """(how to read key, target or None), from GUIDE's entry for it or its pattern; `conv`: a conv
-    family run, held to CONV_TARGETS where they name the metric."""
+    family run, held to CONV_TARGETS where they name the metric. A target's value that depends on
+    the data (a label's chance, the number of motions) is computed here."""
     labels = held.named()
+    motions = labels.get("motion")
+    k = len(np.unique(motions)) if motions is not None else 0
     for pattern, (text, target) in GUIDE.items():
         target = CONV_TARGETS.get(pattern, target) if conv else target
         for name in [held.content] + list(labels) if "{" in pattern else [None]:
             if (pattern.format(c=held.content, L=name) if name else pattern) == key:
-                y = labels.get(name if name else held.content)
-                words = text.format(c=held.content, L=name, chance=f"{chance(y):.2f}" if y is not None else "?")
+                y = labels.get(name) if name else motions       # (named keys are the motion's)
+                p = chance(y) if y is not None else None
+                if target is not None and callable(target[1]):
+                    target = (target[0], round(float(target[1](p, k)), 3)) if p is not None and k else None
+                words = text.format(c=held.content, L=name, chance=f"{p:.2f}" if p is not None else "?")
                 return words, target
     return "", None
 
@@ -645,7 +816,8 @@ def evaluate(args, stage):
     stage("k-means and probes on z_M, z_C and raw pixels")
     has_content = "content" in held.labels
     judge = load_or_fit_judge(train_set, args.judge_frames, args.judge_dir, dev, log=stage)[0] if has_content else None
-    motion_judge = fit_motion_judge(train_set, rng) if held.mnist and test.variant != "affine" else None
+    names = video_judge_labels(held)
+    video_judge = load_or_fit_video_judge(train_set, names, args.judge_dir, args.judge_videos, dev, log=stage) if names else None
     k = min(n, GENERATED)
     idx = rng.choice(n, k, replace=False)
     perm = rng.permutation(k)                                    # swap: A = idx, B = idx[perm]
@@ -653,8 +825,10 @@ def evaluate(args, stage):
     m.update(label_free_metrics(model, held, made, idx, perm, dev))
     if judge is not None:
         m.update(judged_metrics(judge, held, made, idx, n))
-    if motion_judge is not None:
-        m.update(motion_metrics(motion_judge, held, made, idx, perm))
+    if video_judge is not None:
+        m.update(protocol_metrics(video_judge, held, made, idx, perm))
+    if held.mnist and test.variant != "affine":
+        m.update(motion_metrics(held, made, idx))
     stage(f"reconstructions, swaps and samples: {len(made)} sets of {k} videos, judged")
     long = long_videos(model, args.long, min(k, 500), dev) if args.long else None
     if long is not None:
@@ -663,7 +837,8 @@ def evaluate(args, stage):
     stage("figures and GIFs")
     meta = {"checkpoint": os.path.abspath(args.ckpt), "step": ck.get("step"), "data": test.describe(),
             "videos": n, "generated_videos": k, "frame_size": cfg.size, "channels": cfg.channels,
-            "content_judge": f"CNN v{JUDGE_VERSION}" if judge is not None else None}
+            "content_judge": f"CNN v{JUDGE_VERSION}" if judge is not None else None,
+            "video_judge": f"conv + bi-LSTM v{VIDEO_JUDGE_VERSION}, labels {names}" if names else None}
     write_metrics(out, m, held, meta, conv=not cfg.structured)
     stage(f"wrote metrics.json, the figures and GIFs to {out}/")
     return 0

@@ -161,7 +161,7 @@ def train_stage(check, folder, preset, minutes):
 
 def eval_stage(check, folder):
     """eval.py on OUT_DIR/folder's checkpoint: metrics.json and figures in OUT_DIR/folder/eval."""
-    videos = ["--max-videos", "64", "--judge-frames", "2000"] if check.dry_run else []
+    videos = ["--max-videos", "64", "--judge-frames", "2000", "--judge-videos", "256"] if check.dry_run else []
     stage(check, f"eval {folder}", [PY, "eval.py", os.path.join(check.out, folder), *check.dev,
                                     *check.data, *videos], 240, f"eval_{folder}.log", need=60)
 

@@ -148,14 +148,51 @@ def test_judge_is_cached(tmp_path, mnist_dir):
         assert torch.equal(v, b.state_dict()[k])
 
 
-def test_motion_judge_is_accurate_on_real_videos(tmp_path, fake_mnist):
-    fake_mnist(tmp_path, n=200)
-    ds = data.MotionMNIST("all", str(tmp_path), size=32)
-    v, m, _ = ds.render(np.arange(1600))
-    from sklearn.linear_model import LogisticRegression
-    f = ev.trajectory_features(v / 255.0)
-    clf = LogisticRegression(max_iter=2000).fit(f[:800], m[:800])
-    assert (clf.predict(f[800:]) == m[800:]).mean() > 0.98
+def test_probe_halves_do_not_follow_the_file_order():
+    """A file sorted by its label: the old first-half/second-half split fitted on labels 0..2 and
+    scored on 3..5 (accuracy 0); a seeded random half of the groups does not care about order."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 60)                        # sorted, as a file by character
+    feats = np.eye(6)[labels] + rng.normal(size=(360, 6)) * 0.1
+    groups = np.arange(360)
+    assert ev.probe(feats, labels, groups) > 0.95
+    order = rng.permutation(360)
+    assert ev.probe(feats[order], labels[order], groups[order]) == ev.probe(feats, labels, groups)
+    assert ev.probe(feats, labels, groups, seed=1) > 0.95
+
+
+def test_probe_keeps_a_group_on_one_side():
+    """Features that only say which group a video is in: a probe whose halves split a group would
+    read the label through it; with whole groups on each side it is at chance."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 9)                        # 40 "characters", 9 videos each
+    labels = rng.integers(0, 2, 40)[groups]                     # the label is the group's
+    feats = np.eye(40)[groups] + rng.normal(size=(360, 40)) * 0.01
+    assert ev.probe(feats, labels, groups) < 0.75                # by group: chance (a coin)
+    assert ev.probe(feats, labels, np.arange(360)) > 0.95       # by video: the identity leaks
+
+
+def test_motion_stats_known_answers():
+    """IS, H(y|x), H(y) in nats: 9 balanced one-hot classes give 9, 0, ln 9; uniform softmax 1."""
+    p = np.eye(9)[np.arange(90) % 9]
+    is_, h_yx, h_y = ev.motion_stats(p)
+    assert is_ == pytest.approx(9) and h_yx == pytest.approx(0, abs=1e-9) and h_y == pytest.approx(np.log(9))
+    is_, h_yx, h_y = ev.motion_stats(np.full((90, 9), 1 / 9))
+    assert is_ == pytest.approx(1) and h_yx == pytest.approx(np.log(9)) and h_y == pytest.approx(np.log(9))
+
+
+def test_targets_that_depend_on_the_data():
+    """transfer_is against 0.98 K, H(y) against 0.99 ln K, motion from z_C against chance + 0.10,
+    a label from z_M against its chance + 0.15."""
+    from types import SimpleNamespace
+    held = SimpleNamespace(content="content", named=lambda: {"motion": np.arange(90) % 9,
+                                                             "body": np.arange(90) % 6})
+    assert ev.guide("transfer_is", held)[1] == (">=", round(0.98 * 9, 3))
+    assert ev.guide("transfer_h_y", held)[1] == (">=", round(0.99 * np.log(9), 3))
+    assert ev.guide("content_probe_motion_acc", held)[1] == ("<=", round(1 / 9 + 0.10, 3))
+    assert ev.guide("probe_body_acc", held)[1] == ("<=", round(1 / 6 + 0.15, 3))
+    assert ev.guide("transfer_body_acc", held)[1] == (">=", 0.95)
+    assert ev.verdict(0.5, ev.guide("content_probe_motion_acc", held)[1]).endswith("MISSED")
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +206,22 @@ def evaluated(tmp_path_factory, mnist_dir):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert ev.main([str(run), "--mnist-dir", mnist_dir, "--device", "cpu", "--judge-frames", "256",
-                        "--judge-dir", str(run / "judges")]) == 0   # the run folder, not its ckpt.pt
+                        "--judge-videos", "64", "--judge-dir", str(run / "judges")]) == 0   # the run folder, not its ckpt.pt
     return run / "eval", buf.getvalue()
 
 
 FRACTIONS = ["motion_nmi", "motion_acc", "pixel_nmi", "probe_motion_acc", "probe_digit_acc",
              "probe_digit_acc_mlp", "recon_digit_acc", "sample_consistency", "swap_motion_acc",
-             "swap_digit_acc", "random_c_consistency", "random_c_motion_acc", "fix_content_digit_acc",
+             "swap_digit_acc", "random_c_consistency", "transfer_motion_acc", "fix_content_digit_acc",
+             "video_judge_motion_acc", "recon_motion_acc",
              "sample_paths_in_range", "sample_paths_in_range_1px", "recon_paths_in_range",
              "judge_digit_acc", "content_probe_digit_acc", "content_probe_motion_acc", "path_probe_digit_acc"]
 MOTION_MNIST_KEYS = FRACTIONS + [
     "motion_ari", "pixel_ari", "pixel_acc", "pixel_probe_motion_acc", "recon_mse", "recon_psnr",
     "cycle_motion_err", "cycle_content_err", "recon_motion_err_px", "recon_motion_err_px_random_c",
     "sample_confidence", "sample_is", "sample_h_y_given_x", "sample_h_y", "sample_fd", "real_fd",
-    "random_c_confidence", "judge_confidence", "real_consistency", "judge_motion_acc",
+    "random_c_confidence", "judge_confidence", "real_consistency", "transfer_is",
+    "transfer_h_y_given_x", "transfer_h_y",
     "sample_speed_px", "real_speed_px"]
 
 
@@ -259,3 +298,74 @@ def test_unwritable_out_dir(evaluated, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert ev.main([str(evaluated[0].parent), "--out-dir", str(tmp_path / "file" / "sub")]) == 2
     assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def dots(n, T=6, S=16, seed=0):
+    """Tiny labelled videos: a bright 3x3 dot moving in one of 3 directions ("motion") on a
+    background of one of 2 greys ("shade"): uint8 [n, T, 1, S, S] and the labels."""
+    rng = np.random.default_rng(seed)
+    motion, shade = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    v = np.zeros((n, T, 1, S, S), np.uint8) + (40 * shade)[:, None, None, None, None].astype(np.uint8)
+    step = np.array([(1, 0), (0, 1), (1, 1)])[motion]           # (n, 2): down, right, diagonal
+    for t in range(T):
+        y, x = (2 + t * step).T
+        for dy in range(3):
+            for dx in range(3):
+                v[np.arange(n), t, 0, y + dy, x + dx] = 255
+    return v, {"motion": motion, "shade": shade}
+
+
+class Clips:
+    """dots() as a training split: the interface fit_video_judge reads."""
+    def __init__(self, n, seed):
+        self.videos, self.labels = dots(n, seed=seed)
+        self.channels, self.frames, self.size, self.fingerprint = 1, 6, 16, f"dots{seed}"
+
+    def __len__(self):
+        return len(self.videos)
+
+    def clips(self, items):
+        return self.videos[items], {k: v[items] for k, v in self.labels.items()}
+
+
+@pytest.fixture(scope="module")
+def video_judge(tmp_path_factory):
+    torch.manual_seed(0)
+    return ev.load_or_fit_video_judge(Clips(600, 0), ["motion", "shade"], str(tmp_path_factory.mktemp("vj")),
+                                      videos=600, log=lambda *a: None)
+
+
+def test_video_judge_reads_real_held_out_videos(video_judge):
+    v, y = dots(300, seed=1)
+    probs = ev.judge_clips(video_judge, v)
+    assert set(probs) == {"motion", "shade"} and probs["motion"].shape == (300, 3)
+    assert np.allclose(probs["motion"].sum(1), 1, atol=1e-5)
+    for k in probs:
+        assert (probs[k].argmax(1) == y[k]).mean() > 0.95, k
+
+
+def test_video_judge_is_cached(video_judge, tmp_path):
+    path = str(tmp_path)
+    a = ev.load_or_fit_video_judge(Clips(64, 0), ["motion"], path, videos=64, log=lambda *a: None)
+    b = ev.load_or_fit_video_judge(Clips(64, 0), ["motion"], path, videos=64, log=lambda *a: 1 / 0)   # no refit
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+
+
+def test_protocol_on_real_videos_equals_the_judges_own(video_judge):
+    """Real videos fed as every generated set: each judged accuracy is the judge's own on them,
+    IS, H(y|x) and H(y) are in range, and a swap reads B's motion and A's other labels."""
+    from types import SimpleNamespace
+    v, y = dots(200, seed=2)
+    held = SimpleNamespace(videos=v, labels=y)
+    idx, perm = np.arange(0, 200, 2), np.random.default_rng(0).permutation(100)
+    real = v[idx] / 255.0
+    made = {"random_c": real, "fix_content": real, "recon": real, "swap": real[perm]}
+    m = ev.protocol_metrics(video_judge, held, made, idx, perm)
+    assert m["transfer_motion_acc"] == m["video_judge_motion_acc"] == m["recon_motion_acc"]
+    assert m["transfer_shade_acc"] == m["video_judge_shade_acc"] == m["recon_shade_acc"]
+    assert m["swap_motion_acc"] == m["video_judge_motion_acc"] > 0.95
+    # swapped real videos show B's shade, not A's: about chance
+    assert m["swap_shade_acc"] < 0.8
+    assert 1 <= m["transfer_is"] <= 3 + 1e-6 and 0 <= m["transfer_h_y_given_x"] <= np.log(3)
+    assert 0 <= m["transfer_h_y"] <= np.log(3) + 1e-9

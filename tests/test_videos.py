@@ -42,7 +42,7 @@ def train_on(out, *extra, steps=2):
 
 
 def evaluate(ckpt, judges, *extra):
-    return ev.main([str(ckpt), "--device", "cpu", "--judge-frames", "256", "--judge-dir", str(judges),
+    return ev.main([str(ckpt), "--device", "cpu", "--judge-frames", "256", "--judge-videos", "64", "--judge-dir", str(judges),
                     *extra])
 
 
@@ -190,6 +190,36 @@ def test_export_train_evaluate(tmp_path, mnist_dir, judges, colour):
     assert gif_frames(tmp_path / "run" / "eval" / "samples.gif") == 4
 
 
+def test_a_files_own_split_is_trained_on_and_evaluated_on(tmp_path, judges):
+    """`split` (0 train, 1 test) replaces the seeded 10%: the run trains on the 0s, stores the 1s
+    as its held-out videos, and eval.py evaluates exactly those; `split` itself is no label."""
+    split = (np.arange(40) % 4 == 3).astype(np.int64)           # 10 test videos, not the seeded ones
+    f = write_videos(tmp_path / "v.npz", (40, 4, 16, 16), split=split, motion=np.arange(40) % 8)
+    train_set = data.VideoFile(f, "train", 16, log=lambda *a: None)
+    test_set = data.VideoFile(f, "test", 16, log=lambda *a: None)
+    assert test_set.items.tolist() == np.flatnonzero(split).tolist()
+    assert train_set.items.tolist() == np.flatnonzero(split == 0).tolist()
+    assert "split" not in train_set.labels and train_set.label_names == ("motion",)
+    assert train_on(tmp_path / "run", "--data", f) == 0
+    ck = load_checkpoint(str(tmp_path / "run"))
+    assert ck["args"]["data"]["holdout"] == np.flatnonzero(split).tolist()
+    assert evaluate(tmp_path / "run", judges) == 0
+    m, meta = metrics(tmp_path / "run" / "eval")
+    assert meta["videos"] == 10 and not [k for k in m if "split" in k]
+
+
+def test_an_identity_label_groups_the_probes_and_is_not_judged(tmp_path):
+    """A label of over 100 classes (a character) is not probed or judged; it groups the probes,
+    so that one character's videos sit on one side of a probe's halves."""
+    character = np.repeat(np.arange(120), 3)
+    f = write_videos(tmp_path / "v.npz", (360, 2, 16, 16), character=character, body=character % 6,
+                     motion=np.arange(360) % 3)
+    ds = data.VideoFile(f, "all", 16, log=lambda *a: None)
+    assert set(ds.label_names) == {"body", "motion"}
+    assert ds.groups(np.arange(360)).tolist() == character.tolist()
+    assert data.identity_labels({"clip": np.arange(50), "motion": np.arange(50) % 2}) == ("clip",)
+
+
 def test_unlabelled_file_gets_the_label_free_metrics(tmp_path, judges):
     f = write_videos(tmp_path / "v.npz", (130, 4, 16, 16))       # 13 held out: every figure fills
     assert train_on(tmp_path / "run", "--data", f) == 0
@@ -265,6 +295,12 @@ BAD = {
                      "labels 'hue' are float64, expected integers"),
     "frames-past-T": (lambda p: np.savez(p, videos=videos(4, 4, 16, 16)), ("--frames", "9"),
                       "windows of 9 frames asked for, the videos have 4"),
+    "split-not-0-1": (lambda p: np.savez(p, videos=videos(4, 4, 16, 16), split=np.array([0, 1, 2, 0])),
+                      (), "'split' holds [0, 1, 2]; it must be 0 (train) or 1 (test)"),
+    "split-no-test": (lambda p: np.savez(p, videos=videos(4, 4, 16, 16), split=np.zeros(4, int)), (),
+                      "'split' puts no video in the test split"),
+    "split-no-train": (lambda p: np.savez(p, videos=videos(4, 4, 16, 16), split=np.ones(4, int)), (),
+                       "'split' puts every video in the test split"),
 }
 
 
