@@ -54,6 +54,18 @@ class Config:
     swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
                                 # the same motion whatever the content that moves (warmed up
                                 # with the adversarial weight)
+    content_swap_weight: float = 0.0  # E_C reads back the content of the same swapped videos,
+                                # normalised by z_C's spread: E_C then cannot read the motion
+                                # (C-DSVAE's content invariance, made with G's swaps)
+    swap_trains_g: bool = False # E's swap cycle trains G too: G must draw from z_M what E reads
+                                # as the motion (a pose, a facing), not from z_C
+    decorrelate_weight: float = 0.0  # mean squared correlation, over the batch, of z_C's numbers
+                                # with z_M's (all frames): the priors' independence of the two
+                                # codes, imposed on E's and E_C's codes of real videos
+    colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
+                                # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
+                                # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
+                                # preserving augmentation); G must take the colours from z_C
     lr: float = 2e-4            # Adam learning rate of every part
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
@@ -91,7 +103,7 @@ class Config:
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
-                  "swap_weight", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
+                  "swap_weight", "content_swap_weight", "decorrelate_weight", "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
@@ -709,7 +721,7 @@ class MDBiGAN(nn.Module):
         random steps, the same for real and fake."""
         x = self._check(videos)
         B = x.shape[0]
-        z_m_real = self.enc(x)
+        z_m_real = self.enc(self._jitter(x) if self.cfg.colour_jitter > 0 else x)
         z_c_real = self.enc_c(x, z_m_real)
         # the training prior is N(0, I); the mixtures fitted after training are for sample() alone
         z_c = torch.randn(B, self.cfg.dim_z_c, device=x.device)
@@ -720,6 +732,17 @@ class MDBiGAN(nn.Module):
         k = min(self.cfg.image_frames, self.cfg.frames)
         t_idx = torch.rand(B, self.cfg.frames, device=x.device).argsort(1)[:, :k]
         return (x, z_m_real, z_c_real), (x_fake, z_m, z_c), t_idx
+
+    def _jitter(self, x):
+        """x (B, T, C, S, S) in [-1, 1] with each video's channels shuffled (colour) and scaled by
+        gains in [1 - j, 1 + j]; black stays black, as the frames' background."""
+        B, C = x.shape[0], x.shape[2]
+        if C > 1:
+            x = x[torch.arange(B, device=x.device)[:, None], :, torch.rand(B, C, device=x.device).argsort(1)]
+            x = x.permute(0, 2, 1, 3, 4)     # advanced indexing put the channel axis second
+        j = self.cfg.colour_jitter
+        gain = 1 + j * (2 * torch.rand(B, 1, C, 1, 1, device=x.device) - 1)
+        return ((x + 1) * gain - 1).clamp(-1, 1)
 
     def _heads(self, s_real, s_fake):
         """(real, fake) score pairs of D_I and D_V: the joint heads, and the unary ones if on."""
@@ -750,9 +773,14 @@ class MDBiGAN(nn.Module):
         terms.update(self._reconstruction(*real, iteration=iteration))
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
-        if self.cfg.swap_weight > 0:
-            terms["swap"] = (self.adv_scale(iteration) * self.cfg.swap_weight,
-                             self._swap_consistency(*real[1:]))
+        if self.cfg.swap_weight > 0 or self.cfg.content_swap_weight > 0:
+            swap, cswap = self._swap_consistency(*real[1:])
+            if self.cfg.swap_weight > 0:
+                terms["swap"] = (self.adv_scale(iteration) * self.cfg.swap_weight, swap)
+            if self.cfg.content_swap_weight > 0:
+                terms["cswap"] = (self.adv_scale(iteration) * self.cfg.content_swap_weight, cswap)
+        if self.cfg.decorrelate_weight > 0:
+            terms["corr"] = (self.cfg.decorrelate_weight, self._correlation(*real[1:]))
         if self.prior_enc is not None:                          # trains the sampler and q only
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
@@ -814,14 +842,36 @@ class MDBiGAN(nn.Module):
         return (z_m_rec - z_m).abs().mean() + (self.enc_c(x, z_m_rec) - z_c).abs().mean()
 
     def _swap_consistency(self, z_m, z_c):
-        """|E(G(z_C^b, z_M^a)) - z_M^a| for real codes, b the next video in the batch: a swap cycle
-        (the reverse cycle of Jha et al. 2018) on E alone, G's swap drawn without gradients, so
-        that E reads a motion the same whatever content moves (a plain E's small errors differ
-        from digit to digit, and a probe reads the digit from them)."""
+        """(|E(x) - z_M^a|, |E_C(x) - z_C^b|^2 / Var z_C) for x = G(z_C^b, z_M^a), real codes, b the
+        next video in the batch: swap cycles (the reverse cycle of Jha et al. 2018) on the encoders
+        alone, G's swap drawn without gradients. The first makes E read a motion the same whatever
+        content moves (a plain E's small errors differ from digit to digit, and a probe reads the
+        digit from them); the second makes E_C read a content the same whatever motion it does,
+        so that what G draws from z_M (a pose, which way a character faces) cannot stay in z_C. It
+        is divided by z_C's spread over the batch, with gradients, as an L1 in z_C would shrink
+        the code, which G's normalisation ignores."""
         z_m = z_m.detach()
-        with torch.no_grad():
-            x = self.gen(z_c.roll(1, 0), z_m)
-        return (self.enc(x) - z_m).abs().mean()
+        with torch.set_grad_enabled(self.cfg.swap_trains_g and torch.is_grad_enabled()):
+            x = self.gen(z_c.roll(1, 0).detach(), z_m)
+        z_m_swap = self.enc(x)
+        swap = (z_m_swap - z_m).abs().mean()
+        if self.cfg.content_swap_weight == 0:
+            return swap, None
+        c_hat = self.enc_c(x.detach(), z_m_swap.detach())   # E_C alone: through G it would ask G
+                                                            # to draw from z_C what E_C reads
+        spread = z_c.var(0).mean() + 1e-6
+        return swap, (c_hat - z_c.roll(1, 0)).pow(2).mean() / spread
+
+    @staticmethod
+    def _correlation(z_m, z_c):
+        """Mean squared correlation over the batch between each number of z_C (B, dim_z_c) and each
+        of z_M (B, T, dim_z_m): 0 when no linear read of one code tells anything of the other (a
+        linear probe of the motion from z_C then reads little); about 1 / B for independent codes."""
+        def standard(a):
+            a = a - a.mean(0)
+            return a / (a.pow(2).mean(0).sqrt() + 1e-4)
+        corr = standard(z_c.float()).T @ standard(z_m.flatten(1).float()) / z_c.shape[0]
+        return corr.pow(2).mean()
 
     def prior_fit(self, path):
         """Negative ELBO of code paths [B, T, dim_z_m] under the sampler as a VAE's decoder,

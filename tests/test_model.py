@@ -16,7 +16,8 @@ from mdbigan import Config, MDBiGAN, gru_feedback_torch
 
 
 def videos(cfg, B=3, seed=0):
-    return torch.rand(B, cfg.frames, 1, cfg.size, cfg.size, generator=torch.Generator().manual_seed(seed))
+    return torch.rand(B, cfg.frames, cfg.channels, cfg.size, cfg.size,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("cfg", [Config(), replace(SMALL, structured=False), TINY, SMALL,
@@ -42,6 +43,8 @@ def test_api_shapes(cfg):
     pytest.param(dict(loss="bce", recon_weight=0.0), id="bce"),
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
     pytest.param(dict(warp=True, motion_noise=0.05, swap_weight=1.0), id="warp"),
+    pytest.param(dict(channels=3, swap_weight=1.0, swap_trains_g=True, content_swap_weight=1.0,
+                      decorrelate_weight=1.0, colour_jitter=0.5), id="swaps"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
     cfg = replace(TINY, **kw)
@@ -352,7 +355,8 @@ def test_swap_cycle_trains_e_alone_on_a_swapped_video():
     torch.manual_seed(0)
     m, x = MDBiGAN(cfg), videos(cfg, B=4)
     z_m, z_c = m.encode_motion(x), m.encode_content(x)
-    term = m._swap_consistency(z_m, z_c)
+    term, content_term = m._swap_consistency(z_m, z_c)
+    assert content_term is None                                  # content_swap_weight = 0
     with torch.no_grad():
         swapped = m.gen(z_c[[3, 0, 1, 2]], z_m)                  # video b's content, a's motion
         expected = (m.enc(swapped) - z_m).abs().mean()
@@ -363,6 +367,65 @@ def test_swap_cycle_trains_e_alone_on_a_swapped_video():
     assert not any(g for n, g in grads.items() if n.startswith(("gen.", "enc_c.")))
     _, logs = m.eg_loss(x)
     assert "swap" in logs and "swap" not in MDBiGAN(replace(cfg, swap_weight=0.0)).eg_loss(x)[1]
+
+
+def test_content_swap_cycle_trains_e_c_alone_and_ignores_the_code_scale():
+    """The content term is |E_C(G(z_C^b, z_M^a)) - z_C^b|^2 over z_C's spread: it trains E_C alone
+    (with swap_trains_g, G still gets no gradient from it), and scaling E_C's codes by 10 leaves it
+    unchanged, so E_C cannot lower it by shrinking its code."""
+    cfg = replace(TINY, swap_weight=1.0, content_swap_weight=1.0, swap_trains_g=True)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    z_m, z_c = m.encode_motion(x), m.encode_content(x)
+    motion_term, term = m._swap_consistency(z_m, z_c)
+    with torch.no_grad():
+        swapped = m.gen(z_c[[3, 0, 1, 2]], z_m)
+        c_hat = m.enc_c(swapped, m.enc(swapped))
+        expected = (c_hat - z_c[[3, 0, 1, 2]]).pow(2).mean() / (z_c.var(0).mean() + 1e-6)
+    torch.testing.assert_close(term, expected)
+    m.zero_grad()
+    term.backward(retain_graph=True)
+    grads = {n: p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters()}
+    assert all(g for n, g in grads.items() if n.startswith("enc_c."))
+    assert not any(g for n, g in grads.items() if n.startswith("gen."))
+    m.zero_grad()
+    motion_term.backward()                                       # swap_trains_g: this one trains G
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.gen.parameters())
+    with torch.no_grad():
+        m.enc_c.fc.weight.mul_(10), m.enc_c.fc.bias.mul_(10)
+        m.gen.net.fc.weight[:, :cfg.dim_z_c].div_(10)            # G reads the same codes as before
+        z_c10 = m.encode_content(x)
+        torch.testing.assert_close(m._swap_consistency(z_m, z_c10)[1], term.detach(), rtol=1e-2, atol=0)
+
+
+def test_correlation_term_sees_a_shared_number_and_not_independent_ones():
+    """_correlation is the mean squared batch correlation of z_C's numbers with z_M's: about 1/B
+    for independent codes, large when a z_C number copies a z_M one, whatever the codes' scales."""
+    g = torch.Generator().manual_seed(0)
+    z_m = torch.randn(4096, 2, 3, generator=g)
+    z_c = torch.randn(4096, 5, generator=g)
+    independent = MDBiGAN._correlation(z_m, z_c)
+    z_c[:, 0] = z_m[:, 1, 2]
+    shared = MDBiGAN._correlation(z_m, z_c)
+    assert independent < 3 / 4096 and shared > 1 / 30 - 1e-3   # one pair of 5 x 6 at 1
+    torch.testing.assert_close(MDBiGAN._correlation(10 * z_m, 0.1 * z_c), shared, rtol=1e-2, atol=0)
+
+
+def test_colour_jitter_shuffles_and_scales_channels_and_keeps_black():
+    """E's training input: each video's channels permuted and scaled by one gain each in
+    [1 - j, 1 + j]; black (-1) stays black, and each output channel is a scaled input channel."""
+    cfg = replace(TINY, channels=3, colour_jitter=0.5)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=8) * 0.5 * 2 - 1          # in [-1, 0]: no clamping
+    x[:, :, :, 0, 0] = -1
+    y = m._jitter(x)
+    assert y.shape == x.shape and (y[:, :, :, 0, 0] == -1).all()
+    for b in range(8):
+        for c in range(3):
+            keep = (x[b] > -0.9).all(1)                          # fp32 ratios of near-black are noise
+            ratios = [((y[b, :, c] + 1) / (x[b, :, k] + 1))[keep] for k in range(3)]
+            match = [r for r in ratios if torch.allclose(r, r[0].expand_as(r), rtol=1e-4)]
+            assert len(match) == 1 and 0.5 - 1e-6 <= match[0][0] <= 1.5 + 1e-6
 
 
 def test_swap_cycle_warms_up_with_the_adversarial_terms():
