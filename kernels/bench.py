@@ -17,10 +17,14 @@ Usage:
     python -m kernels.bench --precision tf32 # the kernels' opt-in TF32 products
     python -m kernels.bench --tune           # measure BLOCK_B, num_warps, hoisting per H: prints
                                              # the FWD_TUNING / BWD_TUNING tables to paste
+    python -m kernels.bench --aot [--arch 80 90] # no GPU needed: compile every configuration the
+                                             # tables can pick for sm_80 / sm_90 and print
+                                             # registers, spills, shared memory vs the limit
 """
 import argparse
 import itertools
 import platform
+import re
 import time
 
 import torch
@@ -114,6 +118,175 @@ def tune(precision, Bs=(64, 1024), steps=20):
         print(f"{name} = {table}")
 
 
+# ------------------------------------------------------------------ --aot: the kernels compiled for
+# GPUs that are not here. triton.compile with an explicit GPUTarget runs the whole NVIDIA pipeline
+# (TTIR -> TTGIR -> LLVM -> PTX -> ptxas) on the CPU; the cubin's resource usage comes from the
+# cuobjdump shipped inside the triton wheel. Results land in Triton's cache (~/.triton/cache or
+# $TRITON_CACHE_DIR), so a second run only reloads them.
+# per-block limits of each target: cudaDevAttrMaxSharedMemoryPerBlockOptin (bytes), and the
+# 64K 32-bit registers of a block on both (a thread may hold 255)
+AOT_TARGETS = {80: ("A100", 166912), 90: ("H100", 232448)}
+REGS_PER_BLOCK = 65536
+
+
+def aot_unavailable():
+    """Why the kernels cannot be compiled ahead of time in this process (a clause), or None."""
+    if fr.triton is None:
+        return "triton is not installed"
+    if fr.INTERPRET:
+        return ("TRITON_INTERPRET=1 makes the kernels interpreted functions, which do not compile: "
+                "run without it (env -u TRITON_INTERPRET python -m kernels.bench --aot)")
+    try:
+        from triton.backends import backends
+        from triton import knobs
+    except ImportError as e:
+        return f"triton {fr.triton.__version__} lacks what --aot uses ({e})"
+    if "nvidia" not in backends:
+        return f"triton {fr.triton.__version__} has no NVIDIA backend (backends: {sorted(backends)})"
+    for tool in ("ptxas", "cuobjdump"):
+        try:
+            getattr(knobs.nvidia, tool).path
+        except RuntimeError:
+            return f"triton's NVIDIA backend has no {tool} (triton/backends/nvidia/bin/{tool})"
+    return None
+
+
+# the specialisations compiled for each configuration: Triton compiles one variant per launch
+# signature, so (H, E) and the pointers' alignment choose code. "aligned": H = the padded size,
+# E = 16 (the presets' E) and 16-byte aligned tensors, as the presets launch; "unaligned": H one
+# below it, E = 5 and no alignment, as a size that is no multiple of 16 (or a view at an odd
+# offset) launches. E chooses no configuration: the kernels run over it in fixed chunks.
+AOT_VARIANTS = {"aligned": (lambda BH: BH, 16, True), "unaligned": (lambda BH: BH - 1, 5, False)}
+
+
+def _aot_source(kernel, H, E, cfg, aligned=True):
+    """ASTSource of `kernel` as a launch with these sizes specialises it: pointers fp32 (16-byte
+    aligned where `aligned`), B and T plain i32 (do_not_specialize), H and E i32, divisible by 16
+    where they are (or the constant 1), the launch table's constexprs, precision "ieee" (the
+    default)."""
+    from triton.compiler import ASTSource
+    consts = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+    consts["PRECISION"] = "ieee"
+    signature, constexprs, attrs = {}, {}, {}
+    for p in kernel.params:
+        if p.name in consts:
+            signature[p.name], constexprs[p.name] = "constexpr", consts[p.name]
+        elif p.name.startswith("p_"):
+            signature[p.name] = "*fp32"
+            if aligned:
+                attrs[(p.num,)] = [["tt.divisibility", 16]]
+        elif p.name in ("H", "E") and dict(H=H, E=E)[p.name] == 1:
+            signature[p.name], constexprs[p.name] = "constexpr", 1
+        else:
+            signature[p.name] = "i32"
+            if p.name in ("H", "E") and dict(H=H, E=E)[p.name] % 16 == 0:
+                attrs[(p.num,)] = [["tt.divisibility", 16]]
+    return ASTSource(kernel, signature, constexprs, attrs)
+
+
+def resource_usage(cubin):
+    """REG, STACK, SHARED (static), LOCAL of the one kernel in `cubin` (bytes), from
+    cuobjdump --dump-resource-usage."""
+    import subprocess
+    import tempfile
+    from triton import knobs
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, check=True).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    if "REG" not in found:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
+    return {k.lower(): int(v) for k, v in found.items()}
+
+
+def aot_compile(name, arch, variant="aligned", BH=16, cfg=None):
+    """Compiles the forward ("fwd") or backward ("bwd") kernel for sm_<arch> in `variant`
+    (AOT_VARIANTS) at padded size BH, with _launch_config's configuration or `cfg` (one to try);
+    returns a row: the sizes and configuration, registers, stack (spills), shared memory
+    (Triton's allocation, what its launcher checks against the limit), the target's limit, the
+    verdict and the compile's seconds (cached: Triton's cache had it, and it was only reloaded)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    size, E, aligned = AOT_VARIANTS[variant]
+    H = size(BH)
+    kernel = fr._bwd_kernel if name == "bwd" else fr._fwd_kernel
+    cfg = cfg or fr._launch_config(H, E, backward=name == "bwd")
+    hits, listener = [], knobs.compilation.listener
+    knobs.compilation.listener = lambda **kw: hits.append(kw.get("cache_hit", False))
+    t0 = time.perf_counter()
+    try:
+        compiled = triton.compile(_aot_source(kernel, H, E, cfg, aligned),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    finally:
+        knobs.compilation.listener = listener
+    seconds = time.perf_counter() - t0
+    use = resource_usage(compiled.asm["cubin"])
+    gpu, limit = AOT_TARGETS[arch]
+    if compiled.metadata.shared > limit or use["reg"] * 32 * cfg["num_warps"] > REGS_PER_BLOCK:
+        verdict = "cannot launch"
+    elif use["stack"] > 0:
+        verdict = "spills"
+    else:
+        verdict = "fits"
+    return dict(kernel=name, arch=arch, gpu=gpu, variant=variant, H=H, E=E, BH=cfg["BH"],
+                BLOCK_B=cfg["BLOCK_B"], num_warps=cfg["num_warps"], HOIST=cfg["HOIST"],
+                SPLIT=cfg.get("SPLIT", 1), regs=use["reg"], stack=use["stack"],
+                shared=compiled.metadata.shared, limit=limit, verdict=verdict, seconds=seconds,
+                cached=any(hits))
+
+
+AOT_HEADER = (f"{'arch':5} {'kernel':6} {'variant':9} {'H':>3} {'E':>3} | {'BLOCK_B':>7} {'warps':>5} "
+              f"{'hoist':>5} {'split':>5} | {'regs':>4} {'stack B':>7} {'shared B':>8} {'limit B':>8} | "
+              f"{'verdict':13} {'compile s':>9}")
+
+
+def format_aot_row(r):
+    """aot_compile's row as one line under AOT_HEADER."""
+    split = str(r["SPLIT"]) if r["kernel"] == "bwd" else "-"
+    return (f"sm_{r['arch']:<2} {r['kernel']:6} {r['variant']:9} {r['H']:3d} {r['E']:3d} | "
+            f"{r['BLOCK_B']:7d} {r['num_warps']:5d} {str(r['HOIST']):>5} {split:>5} | {r['regs']:4d} "
+            f"{r['stack']:7d} {r['shared']:8d} {r['limit']:8d} | {r['verdict']:13} {r['seconds']:9.1f}"
+            + (" cached" if r["cached"] else ""))
+
+
+def aot_table(archs=tuple(AOT_TARGETS), variants=tuple(AOT_VARIANTS), out=print):
+    """Compiles every configuration the launch tables can choose, in each variant, for each
+    sm_<arch>, printing a row each as it is done; returns the rows."""
+    import triton
+    import warnings
+    why = aot_unavailable()
+    if why is not None:
+        raise SystemExit(f"kernels.bench --aot: {why}")
+    unknown = sorted(set(archs) - set(AOT_TARGETS))
+    if unknown:
+        raise SystemExit(f"kernels.bench --aot: --arch {unknown} unknown; known: {sorted(AOT_TARGETS)}")
+    # triton 3.9's notice that a default changes in 3.10: the compile here is the default's, as at run time
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    out(f"ahead-of-time compile, no GPU: triton {triton.__version__}, MAX_H = {fr.MAX_H}; per block "
+        + ", ".join(f"sm_{a} ({AOT_TARGETS[a][0]}): {AOT_TARGETS[a][1]} B shared" for a in archs)
+        + f"; {REGS_PER_BLOCK} registers, 255 a thread")
+    out(AOT_HEADER)
+    out("-" * len(AOT_HEADER))
+    rows = []
+    for arch in archs:
+        for BH in sorted(fr.FWD_TUNING):
+            if BH > fr.MAX_H:
+                continue
+            for variant in variants:
+                for name in ("fwd", "bwd"):
+                    rows.append(aot_compile(name, arch, variant, BH))
+                    out(format_aot_row(rows[-1]))
+    bad = [r for r in rows if r["verdict"] != "fits"]
+    out(f"\n{len(rows) - len(bad)} of {len(rows)} fit, {sum(r['seconds'] for r in rows):.0f} s of compiles; " + (
+        "; ".join(f"sm_{r['arch']} {r['kernel']} {r['variant']} H={r['H']}: {r['verdict']}" for r in bad)
+        or "none spills or fails to launch"))
+    return rows
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Benchmark the fused GRU-with-feedback kernel.")
     p.add_argument("--quick", action="store_true", help="a few shapes only")
@@ -122,6 +295,13 @@ def parse_args(argv):
     p.add_argument("--precision", choices=["ieee", "tf32"], default="ieee",
                    help="the fused kernels' matrix products (default: exact fp32)")
     p.add_argument("--tune", action="store_true", help="measure the launch tables instead")
+    p.add_argument("--aot", action="store_true",
+                   help="compile every launch-table configuration for --arch without a GPU and "
+                        "print registers, stack, shared memory against the limit")
+    p.add_argument("--arch", type=int, nargs="+", default=sorted(AOT_TARGETS),
+                   help=f"--aot's targets, compute capability x10 (default: {sorted(AOT_TARGETS)})")
+    p.add_argument("--variant", nargs="+", choices=sorted(AOT_VARIANTS), default=list(AOT_VARIANTS),
+                   help="--aot's specialisations (default: both)")
     return p.parse_args(argv)
 
 
@@ -224,6 +404,8 @@ def gpu_table(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.aot:
+        return aot_table(args.arch, args.variant)
     if not torch.cuda.is_available():
         return cpu_reference_table()
     if args.tune:
