@@ -10,22 +10,30 @@ Rows, for each (B, H, steps) and for the forward and forward+backward, in ms:
 Times are medians of triton.testing.do_bench (the fused row's quantiles 0.2 and 0.8 shown),
 warm-up and compilation excluded; speed-ups are eager / fused and compiled / fused.
 
+--aot needs no GPU: it compiles both kernels at every configuration the launch tables can choose
+(each padded H up to MAX_H; "aligned" H = 16, 32, 64 with E = 16 as the presets launch, and
+"unaligned" H = 15, 31, 63 with E = 5 and unaligned tensors) for an A100 (sm_80) and an H100
+(sm_90) through triton.compile with a GPUTarget, reads each cubin's registers and stack with the
+cuobjdump inside the triton wheel, and prints a row each: registers (255 at most a thread), stack
+(bytes spilled), shared memory against the target's per-block limit, "fits" / "spills" / "cannot
+launch", and the compile's seconds ("cached": reloaded from Triton's cache, ~/.triton/cache).
+
 Usage:
     python -m kernels.bench                  # the full table on a GPU; the reference on a CPU
-    python -m kernels.bench --quick          # B in {64, 1024}, H in {16, 128}, steps 20
+    python -m kernels.bench --quick          # B in {64, 1024}, H in {16, 64}, steps 20
     python -m kernels.bench --compile-all    # compiled rows for every shape (slow to compile)
     python -m kernels.bench --precision tf32 # the kernels' opt-in TF32 products
-    python -m kernels.bench --tune           # measure BLOCK_B, num_warps, hoisting per H: prints
-                                             # the FWD_TUNING / BWD_TUNING tables to paste
-    python -m kernels.bench --aot [--arch 80 90] # no GPU needed: compile every configuration the
-                                             # tables can pick for sm_80 / sm_90 and print
-                                             # registers, spills, shared memory vs the limit
+    python -m kernels.bench --tune           # measure BLOCK_B, num_warps, hoist, split per H:
+                                             # prints the FWD_TUNING / BWD_TUNING tables to paste
+    python -m kernels.bench --aot [--arch 80 90] [--variant aligned unaligned] [--precision tf32]
+                                             # no GPU needed: ~1 min cold on 2 cores, 2 s cached
 """
 import argparse
 import itertools
 import platform
 import re
 import time
+import warnings
 
 import torch
 
@@ -34,7 +42,7 @@ from kernels.fused_recurrent import gru_feedback
 
 QUANTILES = [0.5, 0.2, 0.8]   # median first: do_bench returns them in this order
 # the shapes whose compiled rows are timed by default (each compile takes long)
-COMPILE_AT = {(64, 16, 20), (1024, 128, 20), (64, 128, 64), (4096, 64, 20)}
+COMPILE_AT = {(64, 16, 20), (1024, 64, 20), (64, 64, 64), (4096, 64, 20)}
 
 
 def make_modules(B, H, E, device):
@@ -86,34 +94,42 @@ def kernel_us(run, name="_fwd_kernel", n=20):
 
 
 def tune(precision, Bs=(64, 1024), steps=20):
-    """For each padded H, the (BLOCK_B, num_warps, hoist) of the forward and of the backward with
-    the least summed median time over Bs; prints the tables. Configurations that fail to compile
-    (registers, shared memory) are skipped."""
+    """For each padded H up to MAX_H, the forward's (BLOCK_B, num_warps, hoist) and the backward's
+    (BLOCK_B, num_warps, hoist, split) with the least summed median time over Bs; prints
+    `precision`'s tables (for tf32 the *_TF32 ones, which override the others entry by entry).
+    Configurations that fail to compile or launch (registers, shared memory) are skipped; those
+    that spill run, slowly: `--aot` says which."""
     import triton
     fuse = lambda c, l, e, s: fused(c, l, e, s, precision)
-    tables = {"FWD_TUNING": dict(fr.FWD_TUNING), "BWD_TUNING": dict(fr.BWD_TUNING)}
-    for H in (16, 32, 64, 128):
+    sfx = "_TF32" if precision == "tf32" else ""
+    tables = {"FWD_TUNING" + sfx: dict(getattr(fr, "FWD_TUNING" + sfx)),
+              "BWD_TUNING" + sfx: dict(getattr(fr, "BWD_TUNING" + sfx))}
+    shape = itertools.product((8, 16, 32), (2, 4, 8), (True, False))
+    candidates = {"FWD_TUNING" + sfx: list(shape)}
+    candidates["BWD_TUNING" + sfx] = [c + (split,) for c in candidates["FWD_TUNING" + sfx]
+                                      for split in (1, 2, 4)]
+    for H in sorted(fr.FWD_TUNING):
         for name in tables:
             best = None
-            for cand in itertools.product((16, 32, 64), (1, 2, 4, 8), (True, False)):
+            for cand in candidates[name]:
                 getattr(fr, name)[H] = cand
                 total = 0.0
                 try:
                     for B in Bs:
-                        cell, lin, eps = make_modules(B, H, H, "cuda")
-                        mode = "fwd" if name == "FWD_TUNING" else "fwd+bwd"
+                        cell, lin, eps = make_modules(B, H, 16, "cuda")   # E = 16: the presets'
+                        mode = "fwd" if name.startswith("FWD") else "fwd+bwd"
                         run = runner(fuse, cell, lin, eps, steps, mode)
                         total += triton.testing.do_bench(run)
                 except Exception as e:  # noqa: BLE001 -- a configuration that does not compile
                     print(f"H={H} {name} {cand}: skipped ({type(e).__name__})")
                     continue
-                print(f"H={H} {name} BLOCK_B={cand[0]} num_warps={cand[1]} hoist={cand[2]}: "
-                      f"{total:.3f} ms over B in {Bs}", flush=True)
+                print(f"H={H} {name} {cand}: {total:.3f} ms over B in {Bs}", flush=True)
                 if best is None or total < best[0]:
                     best = (total, cand)
             tables[name][H] = best[1]
             getattr(fr, name)[H] = best[1]      # the backward is tuned with the best forward
-    print(f"\n# measured on {torch.cuda.get_device_name()}, steps {steps}, precision {precision}")
+    print(f"\n# measured on {torch.cuda.get_device_name()}, steps {steps}, precision {precision}; "
+          "check them with python -m kernels.bench --aot before pasting")
     for name, table in tables.items():
         print(f"{name} = {table}")
 
@@ -129,16 +145,16 @@ AOT_TARGETS = {80: ("A100", 166912), 90: ("H100", 232448)}
 REGS_PER_BLOCK = 65536
 
 
-def aot_unavailable():
-    """Why the kernels cannot be compiled ahead of time in this process (a clause), or None."""
+def aot_toolchain_missing():
+    """What --aot needs and this triton lacks (a clause), or None: its NVIDIA backend, with the
+    ptxas and cuobjdump that ship inside the wheel (triton/backends/nvidia/bin)."""
     if fr.triton is None:
         return "triton is not installed"
-    if fr.INTERPRET:
-        return ("TRITON_INTERPRET=1 makes the kernels interpreted functions, which do not compile: "
-                "run without it (env -u TRITON_INTERPRET python -m kernels.bench --aot)")
     try:
-        from triton.backends import backends
         from triton import knobs
+        from triton.backends import backends
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
     except ImportError as e:
         return f"triton {fr.triton.__version__} lacks what --aot uses ({e})"
     if "nvidia" not in backends:
@@ -151,6 +167,14 @@ def aot_unavailable():
     return None
 
 
+def aot_unavailable():
+    """Why the kernels cannot be compiled ahead of time in this process (a clause), or None."""
+    if fr.INTERPRET:
+        return ("TRITON_INTERPRET=1 makes the kernels interpreted functions, which do not compile: "
+                "run without it (env -u TRITON_INTERPRET python -m kernels.bench --aot)")
+    return aot_toolchain_missing()
+
+
 # the specialisations compiled for each configuration: Triton compiles one variant per launch
 # signature, so (H, E) and the pointers' alignment choose code. "aligned": H = the padded size,
 # E = 16 (the presets' E) and 16-byte aligned tensors, as the presets launch; "unaligned": H one
@@ -159,14 +183,13 @@ def aot_unavailable():
 AOT_VARIANTS = {"aligned": (lambda BH: BH, 16, True), "unaligned": (lambda BH: BH - 1, 5, False)}
 
 
-def _aot_source(kernel, H, E, cfg, aligned=True):
+def _aot_source(kernel, H, E, cfg, aligned=True, precision="ieee"):
     """ASTSource of `kernel` as a launch with these sizes specialises it: pointers fp32 (16-byte
     aligned where `aligned`), B and T plain i32 (do_not_specialize), H and E i32, divisible by 16
-    where they are (or the constant 1), the launch table's constexprs, precision "ieee" (the
-    default)."""
+    where they are (or the constant 1), the launch table's constexprs and `precision`."""
     from triton.compiler import ASTSource
     consts = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
-    consts["PRECISION"] = "ieee"
+    consts["PRECISION"] = precision
     signature, constexprs, attrs = {}, {}, {}
     for p in kernel.params:
         if p.name in consts:
@@ -201,26 +224,35 @@ def resource_usage(cubin):
     return {k.lower(): int(v) for k, v in found.items()}
 
 
-def aot_compile(name, arch, variant="aligned", BH=16, cfg=None):
+def aot_compile(name, arch, variant="aligned", BH=16, cfg=None, precision="ieee", sizes=None):
     """Compiles the forward ("fwd") or backward ("bwd") kernel for sm_<arch> in `variant`
-    (AOT_VARIANTS) at padded size BH, with _launch_config's configuration or `cfg` (one to try);
+    (AOT_VARIANTS) at padded size BH, or at sizes = (H, E, aligned) (variant "custom"), with
+    `precision` and _launch_config's configuration or `cfg` (one to try);
     returns a row: the sizes and configuration, registers, stack (spills), shared memory
     (Triton's allocation, what its launcher checks against the limit), the target's limit, the
     verdict and the compile's seconds (cached: Triton's cache had it, and it was only reloaded)."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
-    size, E, aligned = AOT_VARIANTS[variant]
-    H = size(BH)
+    if sizes is not None:
+        (H, E, aligned), variant = sizes, "custom"
+    else:
+        size, E, aligned = AOT_VARIANTS[variant]
+        H = size(BH)
     kernel = fr._bwd_kernel if name == "bwd" else fr._fwd_kernel
-    cfg = cfg or fr._launch_config(H, E, backward=name == "bwd")
+    cfg = cfg or fr._launch_config(H, E, backward=name == "bwd", precision=precision)
     hits, listener = [], knobs.compilation.listener
     knobs.compilation.listener = lambda **kw: hits.append(kw.get("cache_hit", False))
     t0 = time.perf_counter()
     try:
-        compiled = triton.compile(_aot_source(kernel, H, E, cfg, aligned),
-                                  target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        with warnings.catch_warnings():
+            # triton 3.9 notes that 3.10 changes the FP-fusion default: this compile takes the
+            # default, as a launch does
+            warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+            compiled = triton.compile(_aot_source(kernel, H, E, cfg, aligned, precision),
+                                      target=GPUTarget("cuda", arch, 32),
+                                      options=dict(num_warps=cfg["num_warps"],
+                                                   num_stages=cfg["num_stages"]))
     finally:
         knobs.compilation.listener = listener
     seconds = time.perf_counter() - t0
@@ -232,8 +264,8 @@ def aot_compile(name, arch, variant="aligned", BH=16, cfg=None):
         verdict = "spills"
     else:
         verdict = "fits"
-    return dict(kernel=name, arch=arch, gpu=gpu, variant=variant, H=H, E=E, BH=cfg["BH"],
-                BLOCK_B=cfg["BLOCK_B"], num_warps=cfg["num_warps"], HOIST=cfg["HOIST"],
+    return dict(kernel=name, arch=arch, gpu=gpu, variant=variant, precision=precision, H=H, E=E,
+                BH=cfg["BH"], BLOCK_B=cfg["BLOCK_B"], num_warps=cfg["num_warps"], HOIST=cfg["HOIST"],
                 SPLIT=cfg.get("SPLIT", 1), regs=use["reg"], stack=use["stack"],
                 shared=compiled.metadata.shared, limit=limit, verdict=verdict, seconds=seconds,
                 cached=any(hits))
@@ -253,20 +285,18 @@ def format_aot_row(r):
             + (" cached" if r["cached"] else ""))
 
 
-def aot_table(archs=tuple(AOT_TARGETS), variants=tuple(AOT_VARIANTS), out=print):
+def aot_table(archs=tuple(AOT_TARGETS), variants=tuple(AOT_VARIANTS), precision="ieee", out=print):
     """Compiles every configuration the launch tables can choose, in each variant, for each
-    sm_<arch>, printing a row each as it is done; returns the rows."""
+    sm_<arch> with `precision`, printing a row each as it is done; returns the rows."""
     import triton
-    import warnings
     why = aot_unavailable()
     if why is not None:
         raise SystemExit(f"kernels.bench --aot: {why}")
     unknown = sorted(set(archs) - set(AOT_TARGETS))
     if unknown:
         raise SystemExit(f"kernels.bench --aot: --arch {unknown} unknown; known: {sorted(AOT_TARGETS)}")
-    # triton 3.9's notice that a default changes in 3.10: the compile here is the default's, as at run time
-    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    out(f"ahead-of-time compile, no GPU: triton {triton.__version__}, MAX_H = {fr.MAX_H}; per block "
+    out(f"ahead-of-time compile, no GPU: triton {triton.__version__}, precision {precision}, "
+        f"MAX_H = {fr.MAX_H}; per block "
         + ", ".join(f"sm_{a} ({AOT_TARGETS[a][0]}): {AOT_TARGETS[a][1]} B shared" for a in archs)
         + f"; {REGS_PER_BLOCK} registers, 255 a thread")
     out(AOT_HEADER)
@@ -278,12 +308,12 @@ def aot_table(archs=tuple(AOT_TARGETS), variants=tuple(AOT_VARIANTS), out=print)
                 continue
             for variant in variants:
                 for name in ("fwd", "bwd"):
-                    rows.append(aot_compile(name, arch, variant, BH))
+                    rows.append(aot_compile(name, arch, variant, BH, precision=precision))
                     out(format_aot_row(rows[-1]))
     bad = [r for r in rows if r["verdict"] != "fits"]
-    out(f"\n{len(rows) - len(bad)} of {len(rows)} fit, {sum(r['seconds'] for r in rows):.0f} s of compiles; " + (
-        "; ".join(f"sm_{r['arch']} {r['kernel']} {r['variant']} H={r['H']}: {r['verdict']}" for r in bad)
-        or "none spills or fails to launch"))
+    out(f"\n{len(rows) - len(bad)} of {len(rows)} fit, {sum(r['seconds'] for r in rows):.0f} s of "
+        "compiles; " + ("; ".join(f"sm_{r['arch']} {r['kernel']} {r['variant']} H={r['H']}: {r['verdict']}"
+                                  for r in bad) or "none spills or fails to launch"))
     return rows
 
 
@@ -390,8 +420,8 @@ def format_row(B, H, steps, mode, row):
 def gpu_table(args):
     """The full table on the GPU: every (steps, H, B), forward and forward+backward."""
     dev = print_header()
-    Bs, Hs, Ts = ([64, 1024], [16, 128], [20]) if args.quick else \
-        ([16, 64, 256, 1024, 4096], [16, 64, 128], [20, 64])
+    Bs, Hs, Ts = ([64, 1024], [16, 64], [20]) if args.quick else \
+        ([16, 64, 256, 1024, 4096], [16, 32, 64], [20, 64])       # H <= MAX_H: the kernel's sizes
     for steps, H, B in itertools.product(Ts, Hs, Bs):
         cell, lin, eps = make_modules(B, H, H, "cuda")
         compiled = not args.no_compile and (args.compile_all or (B, H, steps) in COMPILE_AT)
@@ -405,7 +435,7 @@ def gpu_table(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.aot:
-        return aot_table(args.arch, args.variant)
+        return aot_table(args.arch, args.variant, args.precision)
     if not torch.cuda.is_available():
         return cpu_reference_table()
     if args.tune:
