@@ -64,8 +64,9 @@ def assert_close(a, b, name, rtol=1e-4, atol=1e-5):
 
 
 SHAPES = [(1, 1, 1, 1), (3, 8, 5, 2), (37, 20, 16, 20), (64, 16, 16, 20), (3, 33, 12, 20),
-          (37, 16, 20, 1), (1, 33, 8, 2), (64, 8, 3, 20), (3, 65, 8, 3)]
-# (3, 65, 8, 3): H padded to 128, too big to keep in registers: the weight-reloading path
+          (37, 16, 20, 1), (1, 33, 8, 2), (64, 8, 3, 20), (3, 65, 8, 3), (19, 40, 37, 4)]
+# (3, 65, 8, 3): H padded to 128, above MAX_H (a GPU runs the loop), here MAX_H's configuration;
+# (19, 40, 37, 4): E and H each over chunks of 16 (step 1, the epilogue) with a partial last one
 
 
 @pytest.mark.parametrize("B,H,E,steps", SHAPES, ids=[f"B{b}-H{h}-E{e}-T{t}" for b, h, e, t in SHAPES])
@@ -76,6 +77,64 @@ def test_triton_matches_reference_and_grads(B, H, E, steps):
     for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
         assert a.shape == b.shape, name
         assert_close(a, b, name)
+
+
+# every code path the tables can choose: weights in registers or not (HOIST), the backward's
+# gate sums in one program or split over 2 or 4 (SPLIT); a few rows per program, so several
+PATHS = [(hoist, split) for hoist in (True, False) for split in (1, 2, 4)]
+
+
+@pytest.mark.parametrize("hoist,split", PATHS, ids=[f"hoist{h}-split{s}" for h, s in PATHS])
+def test_every_code_path_matches_reference(monkeypatch, hoist, split):
+    monkeypatch.setitem(fr.FWD_TUNING, 32, (8, 4, hoist))
+    monkeypatch.setitem(fr.BWD_TUNING, 32, (8, 4, hoist, split))
+    params = make(19, 20, 21)
+    ref = run(params, 5, "torch")
+    tri = run(params, 5, "triton")
+    for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
+        assert_close(a, b, name)
+
+
+def test_launch_tables_cover_every_size_up_to_max_h():
+    """One entry per padded H up to MAX_H, shaped as _launch_config reads it; E chooses none."""
+    assert sorted(fr.FWD_TUNING) == sorted(fr.BWD_TUNING) == [16, 32, 64] == [
+        h for h in (16, 32, 64, 128) if h <= fr.MAX_H]
+    for H in (1, 15, 16, 17, 40, 64):
+        for precision in ("ieee", "tf32"):
+            fwd = fr._launch_config(H, 3, backward=False, precision=precision)
+            bwd = fr._launch_config(H, 300, backward=True, precision=precision)
+            assert fwd["BH"] == bwd["BH"] == max(16, 1 << (H - 1).bit_length())
+            assert bwd["SPLIT"] in (1, 2, 4) and "SPLIT" not in fwd
+            assert fr._launch_config(H, 16, True, precision) == bwd   # whatever E
+    assert set(fr.BWD_TUNING_TF32) <= set(fr.BWD_TUNING) and set(fr.FWD_TUNING_TF32) <= set(fr.FWD_TUNING)
+
+
+def test_above_max_h_cuda_runs_the_loop_and_says_so_once(monkeypatch):
+    """backend="triton" with CUDA tensors of H > MAX_H runs the reference, with one warning a
+    process that names the size and the limit; auto gives the same reason."""
+    monkeypatch.setattr(fr, "_said_too_big", False)
+    big = fr.MAX_H + 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fr._warn_too_big(big)
+        fr._warn_too_big(big + 7)
+    messages = [str(w.message) for w in seen]
+    assert len(messages) == 1 and f"H = {big} > MAX_H = {fr.MAX_H}" in messages[0], messages
+    assert "PyTorch reference loop" in messages[0] and "kernels.bench --aot" in messages[0]
+    backend, reason = backend_for("cuda", big)
+    assert backend == "torch" and f"MAX_H = {fr.MAX_H}" in reason, reason
+
+
+def test_aot_says_why_it_cannot_run(monkeypatch):
+    """--aot needs the kernels compiled, not interpreted, and triton's NVIDIA toolchain; without
+    them it stops with the reason."""
+    from kernels import bench
+    monkeypatch.setattr(fr, "INTERPRET", True)
+    assert "TRITON_INTERPRET=1" in bench.aot_unavailable()
+    with pytest.raises(SystemExit, match="env -u TRITON_INTERPRET"):
+        bench.main(["--aot"])
+    monkeypatch.setattr(fr, "triton", None)
+    assert bench.aot_toolchain_missing() == "triton is not installed"
 
 
 @pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1, 1, 3, 2)], ids=["B37-H20", "B1-H1"])
@@ -276,13 +335,26 @@ def test_old_torch_imports_and_says_what_to_do(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
-@pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1024, 128, 128, 64), (5, 64, 16, 3), (4096, 64, 64, 20), (7, 100, 33, 5)])
+@pytest.mark.parametrize("B,H,E,steps", [(37, 20, 16, 20), (1024, 64, 64, 64), (5, 64, 16, 3),
+                                         (4096, 64, 64, 20), (7, 50, 33, 5), (300, 32, 100, 20)])
 def test_cuda_compiled_kernel(B, H, E, steps):
     params = make(B, H, E, device="cuda")  # large shapes too: the interpreter would be slow
     ref = run([p.detach().double().requires_grad_() for p in params], steps, "torch")
     tri = run(params, steps, "triton")
     for name, a, b in zip(["z"] + ["d" + n for n in ARGS], tri, ref):
         assert_close(a.double(), b, name, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+def test_cuda_above_max_h_runs_the_loop(monkeypatch):
+    monkeypatch.setattr(fr, "_said_too_big", False)
+    params = make(6, fr.MAX_H + 1, 16, device="cuda")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        z = gru_feedback(*params, steps=4, backend="triton")
+    assert [f"MAX_H = {fr.MAX_H}" in str(w.message) for w in seen] == [True]
+    assert torch.equal(z, gru_feedback_ref(*params, 4))
 
 
 @pytest.mark.gpu
