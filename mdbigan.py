@@ -59,6 +59,9 @@ class Config:
                                 # (C-DSVAE's content invariance, made with G's swaps)
     swap_trains_g: bool = False # E's swap cycle trains G too: G must draw from z_M what E reads
                                 # as the motion (a pose, a facing), not from z_C
+    swap_g_weight: float = 0.0  # the swap cycle once more, training G alone against E as it is
+                                # (E's weights held): G must draw what E reads of z_M; E, whose
+                                # own cycle can shrink its code, is not pulled by it
     decorrelate_weight: float = 0.0  # mean squared correlation, over the batch, of z_C's numbers
                                 # with z_M's (all frames): the priors' independence of the two
                                 # codes, imposed on E's and E_C's codes of real videos
@@ -103,7 +106,7 @@ class Config:
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
-                  "swap_weight", "content_swap_weight", "decorrelate_weight", "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
+                  "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight", "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
@@ -779,6 +782,9 @@ class MDBiGAN(nn.Module):
                 terms["swap"] = (self.adv_scale(iteration) * self.cfg.swap_weight, swap)
             if self.cfg.content_swap_weight > 0:
                 terms["cswap"] = (self.adv_scale(iteration) * self.cfg.content_swap_weight, cswap)
+        if self.cfg.swap_g_weight > 0:
+            terms["gswap"] = (self.adv_scale(iteration) * self.cfg.swap_g_weight,
+                              self._swap_through_g(*real[1:]))
         if self.cfg.decorrelate_weight > 0:
             terms["corr"] = (self.cfg.decorrelate_weight, self._correlation(*real[1:]))
         if self.prior_enc is not None:                          # trains the sampler and q only
@@ -861,6 +867,15 @@ class MDBiGAN(nn.Module):
                                                             # to draw from z_C what E_C reads
         spread = z_c.var(0).mean() + 1e-6
         return swap, (c_hat - z_c.roll(1, 0)).pow(2).mean() / spread
+
+    def _swap_through_g(self, z_m, z_c):
+        """|E(G(z_C^b, z_M^a)) - z_M^a| with E's weights held and the codes detached: trains G
+        alone, so that what E reads as the motion, G draws from z_M."""
+        z_m = z_m.detach()
+        x = self.gen(z_c.roll(1, 0).detach(), z_m)
+        held = {k: v.detach() for k, v in self.enc.named_parameters()}
+        read = torch.func.functional_call(self.enc, held, (x,))
+        return (read - z_m).abs().mean()
 
     @staticmethod
     def _correlation(z_m, z_c):

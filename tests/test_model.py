@@ -44,7 +44,7 @@ def test_api_shapes(cfg):
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
     pytest.param(dict(warp=True, motion_noise=0.05, swap_weight=1.0), id="warp"),
     pytest.param(dict(channels=3, swap_weight=1.0, swap_trains_g=True, content_swap_weight=1.0,
-                      decorrelate_weight=1.0, colour_jitter=0.5), id="swaps"),
+                      decorrelate_weight=1.0, colour_jitter=0.5, swap_g_weight=1.0), id="swaps"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
     cfg = replace(TINY, **kw)
@@ -396,6 +396,23 @@ def test_content_swap_cycle_trains_e_c_alone_and_ignores_the_code_scale():
         m.gen.net.fc.weight[:, :cfg.dim_z_c].div_(10)            # G reads the same codes as before
         z_c10 = m.encode_content(x)
         torch.testing.assert_close(m._swap_consistency(z_m, z_c10)[1], term.detach(), rtol=1e-2, atol=0)
+
+
+def test_swap_through_g_trains_g_alone_against_e_as_it_is():
+    """swap_g_weight's term is |E(G(z_C^b, z_M^a)) - z_M^a| with E's weights held: G gets every
+    gradient, E and E_C none, and its value is the plain swap cycle's."""
+    cfg = replace(TINY, swap_g_weight=1.0)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    z_m, z_c = m.encode_motion(x), m.encode_content(x)
+    term = m._swap_through_g(z_m, z_c)
+    torch.testing.assert_close(term, m._swap_consistency(z_m, z_c)[0])
+    m.zero_grad()
+    term.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.gen.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0
+               for p in [*m.enc.parameters(), *m.enc_c.parameters()])
+    assert "gswap" in m.eg_loss(x)[1]
 
 
 def test_correlation_term_sees_a_shared_number_and_not_independent_ones():
