@@ -340,10 +340,7 @@ def fit_judge(train_set, frames, seed=0, epochs=5, device="cpu", log=print):
 
 def load_or_fit_judge(train_set, frames, cache, device="cpu", log=print):
     """The cached judge for this training split, frame size and length; fitted and saved if absent."""
-    what = [type(train_set).__name__, getattr(train_set, "variant", ""), getattr(train_set, "colour", "")]
-    h = hashlib.sha1(f"{train_set.fingerprint} {what} {len(train_set)} {train_set.size} "
-                     f"{train_set.frames} {frames} v{JUDGE_VERSION}".encode())
-    path = os.path.join(cache, f"judge_{h.hexdigest()[:16]}.pt")
+    path = _judge_path(cache, "judge", train_set, f"{frames} v{JUDGE_VERSION}")
     if os.path.isfile(path):
         try:
             state = torch.load(path, weights_only=True)
@@ -353,13 +350,27 @@ def load_or_fit_judge(train_set, frames, cache, device="cpu", log=print):
         except (RuntimeError, OSError, ValueError, KeyError):
             log(f"content judge: {path} unreadable, fitting it again")
     judge = fit_judge(train_set, frames, device=device, log=log)
+    _save_judge({k: v.cpu() for k, v in judge.state_dict().items()}, path, "content judge", log)
+    return judge, path
+
+
+def _judge_path(cache, prefix, train_set, extra):
+    """Where a judge fitted on train_set (its data, split, frame size and length) and `extra` (what
+    else it depends on, its version last) is cached."""
+    what = [type(train_set).__name__, getattr(train_set, "variant", ""), getattr(train_set, "colour", "")]
+    h = hashlib.sha1(f"{train_set.fingerprint} {what} {len(train_set)} {train_set.size} "
+                     f"{train_set.frames} {extra}".encode())
+    return os.path.join(cache, f"{prefix}_{h.hexdigest()[:16]}.pt")
+
+
+def _save_judge(obj, path, name, log):
+    """Writes a fitted judge atomically; a cache that cannot be written only costs a refit."""
     try:
-        os.makedirs(cache, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in judge.state_dict().items()}, path + ".tmp")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(obj, path + ".tmp")
         os.replace(path + ".tmp", path)
     except OSError as e:
-        log(f"content judge: not cached ({e.strerror}); it will be fitted again next time")
-    return judge, path
+        log(f"{name}: not cached ({e.strerror}); it will be fitted again next time")
 
 
 @torch.no_grad()
@@ -461,10 +472,7 @@ def fit_video_judge(train_set, names, videos=9000, frames=300_000, seed=0, devic
 def load_or_fit_video_judge(train_set, names, cache, videos=9000, device="cpu", log=print):
     """The cached video judge for this training split, frame size, length and labels; fitted and
     saved if absent."""
-    what = [type(train_set).__name__, getattr(train_set, "variant", ""), getattr(train_set, "colour", "")]
-    h = hashlib.sha1(f"{train_set.fingerprint} {what} {len(train_set)} {train_set.size} "
-                     f"{train_set.frames} {names} {videos} v{VIDEO_JUDGE_VERSION}".encode())
-    path = os.path.join(cache, f"video_judge_{h.hexdigest()[:16]}.pt")
+    path = _judge_path(cache, "video_judge", train_set, f"{names} {videos} v{VIDEO_JUDGE_VERSION}")
     if os.path.isfile(path):
         try:
             ck = torch.load(path, weights_only=True)
@@ -474,14 +482,9 @@ def load_or_fit_video_judge(train_set, names, cache, videos=9000, device="cpu", 
         except (RuntimeError, OSError, ValueError, KeyError):
             log(f"video judge: {path} unreadable, fitting it again")
     judge = fit_video_judge(train_set, names, videos, device=device, log=log)
-    try:
-        os.makedirs(cache, exist_ok=True)
-        classes = {k: head.out_features for k, head in zip(judge.names, judge.heads)}
-        torch.save({"classes": classes, "state": {k: v.cpu() for k, v in judge.state_dict().items()}},
-                   path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        log(f"video judge: not cached ({e.strerror}); it will be fitted again next time")
+    classes = {k: head.out_features for k, head in zip(judge.names, judge.heads)}
+    _save_judge({"classes": classes, "state": {k: v.cpu() for k, v in judge.state_dict().items()}},
+                path, "video judge", log)
     return judge
 
 
