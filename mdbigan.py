@@ -106,7 +106,8 @@ class Config:
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
-                  "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight", "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
+                  "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
+                  "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
@@ -850,12 +851,13 @@ class MDBiGAN(nn.Module):
     def _swap_consistency(self, z_m, z_c):
         """(|E(x) - z_M^a|, |E_C(x) - z_C^b|^2 / Var z_C) for x = G(z_C^b, z_M^a), real codes, b the
         next video in the batch: swap cycles (the reverse cycle of Jha et al. 2018) on the encoders
-        alone, G's swap drawn without gradients. The first makes E read a motion the same whatever
-        content moves (a plain E's small errors differ from digit to digit, and a probe reads the
-        digit from them); the second makes E_C read a content the same whatever motion it does,
-        so that what G draws from z_M (a pose, which way a character faces) cannot stay in z_C. It
-        is divided by z_C's spread over the batch, with gradients, as an L1 in z_C would shrink
-        the code, which G's normalisation ignores."""
+        alone, G's swap drawn without gradients (with cfg.swap_trains_g the first trains G too).
+        The first makes E read a motion the same whatever content moves (a plain E's small errors
+        differ from digit to digit, and a probe reads the digit from them); the second makes E_C
+        read a content the same whatever motion it does, so that what G draws from z_M (a pose,
+        which way a character faces) cannot stay in z_C. It is divided by z_C's spread over the
+        batch, with gradients, as an L1 in z_C would shrink the code, which G's normalisation
+        ignores."""
         z_m = z_m.detach()
         with torch.set_grad_enabled(self.cfg.swap_trains_g and torch.is_grad_enabled()):
             x = self.gen(z_c.roll(1, 0).detach(), z_m)
