@@ -50,6 +50,10 @@ class Config:
     recon_weight: float = 1.0   # MSE of G(E_C(X), E(X)) vs X
     recon_warmup: int = 0       # training steps over which that MSE spreads from the middle frame
                                 # to every frame (0: every frame from the start)
+    recon_scales: int = 1       # that MSE summed over this many scales, each frame average-pooled
+                                # 2x more at each: a turn too far off for thin strokes to overlap
+                                # still shows, and pulls, at a coarse scale (coarse-to-fine
+                                # registration)
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
                                 # the same motion whatever the content that moves (warmed up
@@ -65,6 +69,11 @@ class Config:
     decorrelate_weight: float = 0.0  # mean squared correlation, over the batch, of z_C's numbers
                                 # with z_M's (all frames): the priors' independence of the two
                                 # codes, imposed on E's and E_C's codes of real videos
+    independence_weight: float = 0.0  # E_C against a critic that tells a video's own (z_C, z_M)
+                                # from its z_C beside another video's z_M (FactorVAE's density-
+                                # ratio trick; DRNET's adversary, turned on z_C): what E reads as
+                                # the motion (a facing, an action) cannot stay in z_C, and G must
+                                # draw it from z_M; trains E_C alone
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
@@ -92,6 +101,10 @@ class Config:
                                 # "middle" one (DBSE's content from one frame)
     flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
                                 # over the frame (n >= 2: any affine motion is exact)
+    pose_picture: bool = False  # warp: each frame's picture is drawn from z_C and that frame's z_M
+                                # (a pose the flow cannot make: a character turned round, an arm
+                                # raised), then moved by the flow; its z_M weights start at 0, so
+                                # the flow first learns what a flow can do
 
     def validate(self):
         def need(ok, msg):
@@ -101,12 +114,16 @@ class Config:
              f"size must be a power of two >= 16, got {self.size}")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         need(self.flow_size >= 2, f"flow_size must be >= 2, got {self.flow_size}")
+        need(1 <= self.recon_scales <= _levels(self.size) + 1,
+             f"recon_scales must be in 1..{_levels(self.size) + 1} at size {self.size} (down to 4x4), "
+             f"got {self.recon_scales}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
                   "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
+                  "independence_weight",
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -349,19 +366,27 @@ class WarpGenerator(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.draw = UpConv(cfg, cfg.dim_z_c, _levels(cfg.size))
+        self.pose = cfg.pose_picture
+        self.draw = UpConv(cfg, cfg.dim_z_c + (cfg.dim_z_m if self.pose else 0), _levels(cfg.size))
+        if self.pose:   # the picture starts as z_C's alone: the flow learns to move it first
+            nn.init.zeros_(self.draw.fc.weight[:, cfg.dim_z_c:])
         n = cfg.flow_size
         self.flow = nn.Sequential(nn.Linear(cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
                                   nn.Linear(cfg.d_hidden, 2 * n * n))
         nn.init.normal_(self.flow[-1].weight, std=1e-3)         # about the identity warp at first
         nn.init.zeros_(self.flow[-1].bias)
-        self.n, self.size = n, cfg.size
+        self.n, self.size, self.draw_shape = n, cfg.size, (cfg.channels, cfg.size, cfg.size)
         identity = F.affine_grid(torch.eye(2, 3)[None], (1, 1, cfg.size, cfg.size), align_corners=False)
         self.register_buffer("identity", identity, persistent=False)       # (1, S, S, 2)
 
-    def pictures(self, z_c):
-        """z_c (B, dim_z_c) -> one picture per video (B, C, S, S) in [-1, 1]."""
-        return self.draw(z_c)
+    def pictures(self, z_c, z_m=None):
+        """z_c (B, dim_z_c) -> one picture per video (B, C, S, S) in [-1, 1]; with pose_picture,
+        z_m (B, T, dim_z_m) too -> one picture per frame (B, T, C, S, S)."""
+        if not self.pose:
+            return self.draw(z_c)
+        B, T = z_m.shape[:2]
+        z = torch.cat([z_c[:, None].expand(B, T, z_c.shape[1]), z_m], 2)
+        return self.draw(z.flatten(0, 1)).view(B, T, *self.draw_shape)
 
     def sampling_grid(self, z_m):
         """z_m (N, dim_z_m) -> (N, S, S, 2) grid_sample coordinates: the identity plus the flow."""
@@ -372,19 +397,21 @@ class WarpGenerator(nn.Module):
         return self.identity + f.permute(0, 2, 3, 1)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
-        return self._warp(self.pictures(z_c), z_m)              # any T: one picture per video
+        return self._warp(self.pictures(z_c, z_m), z_m)         # any T: G works frame by frame
 
     def reconstruct(self, z_c, z_m):
         return self(z_c, z_m), {}
 
-    def _warp(self, picture, z_m):                              # (B, C, S, S), (B, T, dim_z_m)
+    def _warp(self, picture, z_m):          # (B, C, S, S) or (B, T, C, S, S), (B, T, dim_z_m)
         B, T = z_m.shape[:2]
+        if picture.dim() == 4:
+            picture = picture[:, None].expand(B, T, *picture.shape[1:])
         # fp32 even under autocast, as the where/what family's geometry; shifted to [0, 2] so that
         # what comes in from outside the picture is black
-        pic = picture.float()[:, None].expand(B, T, *picture.shape[1:]).flatten(0, 1) + 1
+        pic = picture.float().flatten(0, 1) + 1
         out = F.grid_sample(pic, self.sampling_grid(z_m.flatten(0, 1)), mode="bilinear",
                             padding_mode="zeros", align_corners=False)
-        return (out - 1).view(B, T, *picture.shape[1:])        # (B, T, C, S, S)
+        return (out - 1).view(B, T, *picture.shape[2:])        # (B, T, C, S, S)
 
 
 def conv_family(cfg):
@@ -648,8 +675,12 @@ class MDBiGAN(nn.Module):
         self.eps_prior = GaussianMixture(k, cfg.dim_eps, t) if k and self.prior_enc is not None else None
         self.disc_image = JointDiscriminator(cfg, cfg.dim_z_m + cfg.dim_z_c, video=False)  # D_I
         self.disc_video = JointDiscriminator(cfg, cfg.frames * cfg.dim_z_m + cfg.dim_z_c, video=True)
+        d = cfg.d_hidden   # the independence critic: (z_C, all of z_M) -> one logit
+        self.critic = nn.Sequential(
+            nn.Linear(cfg.dim_z_c + cfg.frames * cfg.dim_z_m, d), nn.LeakyReLU(0.2),
+            nn.Linear(d, d), nn.LeakyReLU(0.2), nn.Linear(d, 1)) if cfg.independence_weight > 0 else None
 
-    DISCRIMINATORS = ("disc_image", "disc_video")   # training only: not in inference files
+    DISCRIMINATORS = ("disc_image", "disc_video", "critic")   # training only: not in inference files
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -764,7 +795,13 @@ class MDBiGAN(nn.Module):
         else:
             terms = [F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads]
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
-        return d_i + d_v, {"d_i": d_i.detach(), "d_v": d_v.detach()}
+        logs = {"d_i": d_i.detach(), "d_v": d_v.detach()}
+        if self.critic is None:
+            return d_i + d_v, logs
+        joint, apart = self._critic_scores(zm_r, zc_r)
+        crit = F.softplus(-joint).mean() + F.softplus(apart).mean()
+        logs["crit"] = crit.detach()
+        return d_i + d_v + crit, logs
 
     def eg_loss(self, videos, iteration=None):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the
@@ -788,6 +825,10 @@ class MDBiGAN(nn.Module):
                               self._swap_through_g(*real[1:]))
         if self.cfg.decorrelate_weight > 0:
             terms["corr"] = (self.cfg.decorrelate_weight, self._correlation(*real[1:]))
+        if self.critic is not None:
+            joint, apart = self._critic_scores(real[1].detach(), real[2])
+            terms["indep"] = (self.adv_scale(iteration) * self.cfg.independence_weight,
+                              F.softplus(joint).mean() + F.softplus(-apart).mean())
         if self.prior_enc is not None:                          # trains the sampler and q only
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
@@ -833,6 +874,10 @@ class MDBiGAN(nn.Module):
             # per pixel, summed over channels: a red digit's ink lies in one channel of three, and
             # a mean over them weighed a colour digit's error a third to two thirds of a grey one's
             err = (x_rec - x).pow(2).sum(2).mean((2, 3))       # (B, T)
+            a, b = x_rec.flatten(0, 1), x.flatten(0, 1)
+            for _ in range(self.cfg.recon_scales - 1):
+                a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+                err = err + (a - b).pow(2).sum(1).mean((1, 2)).view_as(err)
             w = self.frame_weights(iteration, x.shape[1], err.device)   # made where it is used
             terms["rec"] = (self.cfg.recon_weight, (err if w is None else err * w).mean())
         for name, term in {**self.enc.penalties(x, z_m), **g_terms}.items():
@@ -879,14 +924,34 @@ class MDBiGAN(nn.Module):
         read = torch.func.functional_call(self.enc, held, (x,))
         return (read - z_m).abs().mean()
 
+    def _critic_scores(self, z_m, z_c):
+        """The critic's logits for each video's own pair (z_C^a, z_M^a), (B,), and for every pair of
+        z_C^b beside z_M^a, b != a, (B * (B - 1),): the first are draws of the codes' joint law,
+        the second of the product of its marginals, which the priors are; every pair of the batch,
+        not one per video, as a batch of 16 gives the critic too few to learn from. The critic
+        learns to tell them apart; E_C, with labels swapped, to make them alike (z_M detached
+        there: the critic moves z_C only, so what E reads stays the anchor)."""
+        B = z_c.shape[0]
+        # each number standardised over the batch: G's first layer is normalised, so E_C could
+        # otherwise blind the critic by shrinking z_C (it did, to a tenth of its spread)
+        z_c, z = self._standard(z_c.float()), self._standard(z_m.flatten(1).float())
+        pairs = torch.cat([z_c[:, None].expand(B, B, -1), z[None].expand(B, B, -1)], 2)
+        s = self.critic(pairs).squeeze(2)                       # s[b, a]: z_C^b beside z_M^a
+        eye = torch.eye(B, dtype=torch.bool, device=s.device)
+        return s[eye], s[~eye]
+
+    @staticmethod
+    def _standard(a):
+        """a (B, D) with each column made zero-mean and unit-variance over the batch."""
+        a = a - a.mean(0)
+        return a / (a.pow(2).mean(0).sqrt() + 1e-4)
+
     @staticmethod
     def _correlation(z_m, z_c):
         """Mean squared correlation over the batch between each number of z_C (B, dim_z_c) and each
         of z_M (B, T, dim_z_m): 0 when no linear read of one code tells anything of the other (a
         linear probe of the motion from z_C then reads little); about 1 / B for independent codes."""
-        def standard(a):
-            a = a - a.mean(0)
-            return a / (a.pow(2).mean(0).sqrt() + 1e-4)
+        standard = MDBiGAN._standard
         corr = standard(z_c.float()).T @ standard(z_m.flatten(1).float()) / z_c.shape[0]
         return corr.pow(2).mean()
 
@@ -910,7 +975,8 @@ class MDBiGAN(nn.Module):
 
     def d_parameters(self):
         """D_I's, D_V's and the critics' parameters."""
-        return [p for name in self.DISCRIMINATORS for p in getattr(self, name).parameters()]
+        return [p for name in self.DISCRIMINATORS if getattr(self, name) is not None
+                for p in getattr(self, name).parameters()]
 
     def eg_parameters(self):
         """Every other parameter: E, E_C, G, the sampler and q (each once, shared ones too)."""

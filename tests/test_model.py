@@ -44,7 +44,8 @@ def test_api_shapes(cfg):
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
     pytest.param(dict(warp=True, motion_noise=0.05, swap_weight=1.0), id="warp"),
     pytest.param(dict(channels=3, swap_weight=1.0, swap_trains_g=True, content_swap_weight=1.0,
-                      decorrelate_weight=1.0, colour_jitter=0.5, swap_g_weight=1.0), id="swaps"),
+                      decorrelate_weight=1.0, colour_jitter=0.5, swap_g_weight=1.0, independence_weight=1.0),
+                 id="swaps"),
 ])
 def test_every_parameter_gets_a_gradient(kw):
     cfg = replace(TINY, **kw)
@@ -334,6 +335,50 @@ def test_warp_spreads_a_turn_and_zoom_exactly(n):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_pose_picture_starts_as_the_content_picture_and_then_reads_each_frames_code():
+    """With pose_picture, G draws one picture per frame from (z_C, z_M(t)): at initialisation its z_M
+    weights are 0, so every frame's picture is the one z_C alone gives; once they are not, frames
+    with the same z_M get the same picture and frames with another z_M another one, and a frame's
+    picture does not depend on any other frame's code (long videos work frame by frame)."""
+    cfg = replace(TINY, warp=True, pose_picture=True, channels=3)
+    torch.manual_seed(0)
+    gen = mdbigan.WarpGenerator(cfg)
+    z_c, z_m = torch.randn(2, cfg.dim_z_c), torch.randn(2, 5, cfg.dim_z_m)
+    pics = gen.pictures(z_c, z_m)
+    assert pics.shape == (2, 5, 3, cfg.size, cfg.size)
+    torch.testing.assert_close(pics, pics[:, :1].expand_as(pics), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        gen.draw.fc.weight.normal_()
+    z_m[:, 3] = z_m[:, 1]
+    pics = gen.pictures(z_c, z_m)
+    torch.testing.assert_close(pics[:, 3], pics[:, 1], atol=1e-6, rtol=0)
+    assert (pics[:, 2] - pics[:, 1]).abs().amax() > 1e-3
+    torch.testing.assert_close(gen.pictures(z_c, z_m[:, 2:3])[:, 0], pics[:, 2], atol=1e-5, rtol=0)
+    _set_flow(gen, torch.zeros(2, cfg.flow_size, cfg.flow_size))
+    torch.testing.assert_close(gen(z_c, z_m), pics, atol=1e-5, rtol=0)   # no flow: the pictures
+
+
+def test_multiscale_reconstruction_adds_the_coarse_scales_errors():
+    """recon_scales = k adds, to the pixels' squared error, that of the frames average-pooled 2x,
+    4x, ... (k - 1 of them); a shift that leaves thin strokes apart at full scale costs more at
+    k = 3 than at k = 1 only through the coarse terms, which are smooth in the shift."""
+    cfg = replace(TINY, warp=True, recon_scales=3)
+    torch.manual_seed(0)
+    m = MDBiGAN(cfg)
+    x = videos(cfg, B=2) * 2 - 1
+    z_m, z_c = m.enc(x), m.enc_c(x, m.enc(x))
+    rec = m._reconstruction(x, z_m, z_c)["rec"][1]
+    x_rec = m.gen(z_c, z_m)
+    a, b = x_rec.flatten(0, 1), x.flatten(0, 1)
+    want = (a - b).pow(2).sum(1).mean()
+    for _ in range(2):
+        a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        want = want + (a - b).pow(2).sum(1).mean()
+    torch.testing.assert_close(rec, want)
+    with pytest.raises(ValueError, match="recon_scales"):
+        replace(TINY, recon_scales=4).validate()                 # 16x16 -> 4x4 is 3 scales
+
+
 def test_centred_motion_code_holds_nothing_constant_over_a_video():
     """With centre_motion, E's code before the tanh has mean 0 over each video, and a video whose
     frames are all the same (whatever they show) has z_M = 0 at every frame."""
@@ -426,6 +471,48 @@ def test_correlation_term_sees_a_shared_number_and_not_independent_ones():
     shared = MDBiGAN._correlation(z_m, z_c)
     assert independent < 3 / 4096 and shared > 1 / 30 - 1e-3   # one pair of 5 x 6 at 1
     torch.testing.assert_close(MDBiGAN._correlation(10 * z_m, 0.1 * z_c), shared, rtol=1e-2, atol=0)
+
+
+def test_independence_critic_tells_shared_codes_and_trains_e_c_alone():
+    """The critic, trained as the D step trains it, tells a video's own (z_C, z_M) from z_C beside
+    another video's z_M when z_C copies a number of z_M, and cannot when the codes are independent;
+    its term in the E/G loss moves E_C alone (not E, G or the critic)."""
+    cfg = replace(TINY, independence_weight=1.0)
+
+    def trained_loss(share):
+        torch.manual_seed(0)
+        m = MDBiGAN(cfg)
+        opt = torch.optim.Adam(m.critic.parameters(), 1e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            z_m = torch.randn(64, cfg.frames, cfg.dim_z_m, generator=g)
+            z_c = torch.randn(64, cfg.dim_z_c, generator=g)
+            if share:
+                z_c[:, 0] = z_m[:, 1, 2]
+            joint, apart = m._critic_scores(z_m, z_c)
+            loss = F.softplus(-joint).mean() + F.softplus(apart).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    shared, independent = trained_loss(share=True), trained_loss(share=False)
+    assert shared < 0.9 and independent > 1.25, (shared, independent)   # 2 ln 2 = 1.386: chance
+    z_m, z_c = torch.randn(16, cfg.frames, cfg.dim_z_m), torch.randn(16, cfg.dim_z_c)
+    torch.manual_seed(0)
+    m = MDBiGAN(cfg)
+    for a, b in zip(m._critic_scores(z_m, z_c), m._critic_scores(z_m, 0.1 * z_c + 3)):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # E_C cannot hide by shrinking z_C
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    _, logs = m.eg_loss(x)
+    assert "indep" in logs and "crit" in m.d_loss(x)[1]
+    z_m, z_c = m.encode_motion(x), m.encode_content(x)
+    joint, apart = m._critic_scores(z_m.detach(), z_c)
+    (F.softplus(joint).mean() + F.softplus(-apart).mean()).backward()
+    moved = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
+    assert moved(m.enc_c) and not moved(m.enc) and not moved(m.gen)
+    assert "critic.0.weight" not in m.inference_state_dict()
 
 
 def test_colour_jitter_shuffles_and_scales_channels_and_keeps_black():
