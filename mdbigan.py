@@ -21,7 +21,7 @@ Usage:
 import math
 import os
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,9 @@ class Config:
     dim_eps: int = 16           # size of the GRU input eps / feedback e(t)
     ch: int = 64                # base channel count of every conv stack (doubles per level)
     ch_max: int = 256           # cap on channels per level
+    content_ch: int = 0         # conv family: E_C's and G's base channel count (their cap scaled
+                                # alike); 0: ch. They read and draw every colour of the object; E
+                                # (every frame) and the discriminators keep ch
     d_hidden: int = 256         # width of the discriminators' feature and joint layers
     loss: str = "hinge"         # "hinge" (BigBiGAN) or "bce" (non-saturating, as the authors)
     unary: bool = True          # BigBiGAN unary scores for x alone and z alone
@@ -117,6 +120,7 @@ class Config:
         need(1 <= self.recon_scales <= _levels(self.size) + 1,
              f"recon_scales must be in 1..{_levels(self.size) + 1} at size {self.size} (down to 4x4), "
              f"got {self.recon_scales}")
+        need(self.content_ch >= 0, f"content_ch must be >= 0 (0: ch), got {self.content_ch}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
@@ -417,8 +421,9 @@ class WarpGenerator(nn.Module):
 def conv_family(cfg):
     """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time or the middle frame
     (beyond the paper); with cfg.warp, G deforms one picture per video (WarpGenerator)."""
-    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(cfg, cfg.dim_z_c, pool_time=True),
-            WarpGenerator(cfg) if cfg.warp else ConvGenerator(cfg))
+    wide = replace(cfg, ch=cfg.content_ch, ch_max=cfg.ch_max * cfg.content_ch // cfg.ch) if cfg.content_ch else cfg
+    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(wide, cfg.dim_z_c, pool_time=True),
+            WarpGenerator(wide) if cfg.warp else ConvGenerator(wide))
 
 
 # ---------------------------------------------------------------- the where/what family
@@ -795,13 +800,12 @@ class MDBiGAN(nn.Module):
         else:
             terms = [F.softplus(-a).mean() + F.softplus(b).mean() for a, b in heads]
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
-        logs = {"d_i": d_i.detach(), "d_v": d_v.detach()}
-        if self.critic is None:
-            return d_i + d_v, logs
-        joint, apart = self._critic_scores(zm_r, zc_r)
-        crit = F.softplus(-joint).mean() + F.softplus(apart).mean()
-        logs["crit"] = crit.detach()
-        return d_i + d_v + crit, logs
+        logs, loss = {"d_i": d_i.detach(), "d_v": d_v.detach()}, d_i + d_v
+        if self.critic is not None:
+            joint, apart = self._critic_scores(zm_r, zc_r)
+            crit = F.softplus(-joint).mean() + F.softplus(apart).mean()
+            logs["crit"], loss = crit.detach(), loss + crit
+        return loss, logs
 
     def eg_loss(self, videos, iteration=None):
         """Encoder + generator (+ prior) loss: the adversarial terms with swapped roles, the

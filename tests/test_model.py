@@ -43,6 +43,8 @@ def test_api_shapes(cfg):
     pytest.param(dict(loss="bce", recon_weight=0.0), id="bce"),
     pytest.param(dict(structured=True, sampler_hidden=6, prior_weight=1.0), id="structured"),
     pytest.param(dict(warp=True, motion_noise=0.05, swap_weight=1.0), id="warp"),
+    pytest.param(dict(warp=True, pose_picture=True, content_ch=6, recon_scales=2, independence_weight=1.0,
+                      colour_jitter=0.9), id="pose-picture"),
     pytest.param(dict(channels=3, swap_weight=1.0, swap_trains_g=True, content_swap_weight=1.0,
                       decorrelate_weight=1.0, colour_jitter=0.5, swap_g_weight=1.0, independence_weight=1.0),
                  id="swaps"),
@@ -356,6 +358,18 @@ def test_pose_picture_starts_as_the_content_picture_and_then_reads_each_frames_c
     torch.testing.assert_close(gen.pictures(z_c, z_m[:, 2:3])[:, 0], pics[:, 2], atol=1e-5, rtol=0)
     _set_flow(gen, torch.zeros(2, cfg.flow_size, cfg.flow_size))
     torch.testing.assert_close(gen(z_c, z_m), pics, atol=1e-5, rtol=0)   # no flow: the pictures
+
+
+def test_content_ch_widens_the_content_path_alone():
+    """content_ch sets E_C's and G's channels (and their cap, scaled alike); E and the
+    discriminators keep ch."""
+    wide = MDBiGAN(replace(TINY, warp=True, content_ch=2 * TINY.ch))
+    base = MDBiGAN(replace(TINY, warp=True))
+    count = lambda mod: sum(p.numel() for p in mod.parameters())
+    assert count(wide.gen) > count(base.gen) and count(wide.enc_c) > count(base.enc_c)
+    for name in ("enc", "disc_image", "disc_video"):
+        assert count(getattr(wide, name)) == count(getattr(base, name))
+    assert wide.gen.draw.net[2].out_channels == 2 * base.gen.draw.net[2].out_channels
 
 
 def test_multiscale_reconstruction_adds_the_coarse_scales_errors():
