@@ -318,7 +318,7 @@ class ConvEncoder(nn.Module):
     frame: for a warp G, a sharp picture at the pose where the centred z_M is about zero).
     With cfg.centre_motion, E's codes before the tanh are centred over each video: z_M then says
     how a frame differs from the video's other frames (DBSE's subtraction of the mean, Berman et
-    al. 2023), and what is constant over a video, the object's look, has no way into it."""
+    al., ICML 2024), and what is constant over a video, the object's look, has no way into it."""
 
     def __init__(self, cfg, dim_out, pool_time):
         super().__init__()
