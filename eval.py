@@ -18,6 +18,8 @@ the data are now, if they moved; a fingerprint checks they are the same). Writes
   fig5_recon.png  originals, G(random z_C, E(x)) and G(E_C(x), E(x)) (the paper's Fig. 5)
   swap.png, samples.png          motion transfer, and videos sampled from the priors
   samples.gif, recon.gif, swap.gif   the same, moving (long.gif with --long)
+  swap_motions.gif   with motion labels: one held-out video of each motion across the top, and
+                  each row's content moved as each of them (the motions' first 12)
 Metrics, by what the data hold (labels with over 100 classes or under 5 videos a class, such as
 Sprites' `character`, are identities: never probed or judged, they group the probes' halves):
   always          reconstruction MSE and PSNR; the swap cycle's errors, each relative to its
@@ -971,6 +973,15 @@ def figures(out, held, idx, made, model, rng, dev, long=None):
     blank = np.ones_like(real01(pick[0]))
     moving = [[blank] + [real01(b) for b in pick]] + [[real01(a)] + cells[i] for i, a in enumerate(pick)]
     write_gif(os.path.join(out, "swap.gif"), moving)
+    if "motion" in held.labels:    # every motion (one held-out video of each) on each row's content
+        y = held.labels["motion"]
+        cols = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:12]
+        with torch.no_grad():
+            z_m = torch.as_tensor(held.z_m[cols]).to(dev)
+            made_rows = [model.generate(torch.as_tensor(held.z_c[a:a + 1]).to(dev).expand(len(cols), -1),
+                                        z_m).float().cpu().numpy() for a in pick]
+        write_gif(os.path.join(out, "swap_motions.gif"), [[blank] + [real01(b) for b in cols]]
+                  + [[real01(a)] + list(r) for a, r in zip(pick, made_rows)])
     ts = np.linspace(0, held.videos.shape[1] - 1, 5).astype(int)
     grid_png(os.path.join(out, "swap.png"), [np.concatenate([v[ts] for v in row]) for row in moving],
              "motion transfer: first column = content source (its own video), top row = motion "

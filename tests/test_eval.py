@@ -278,11 +278,13 @@ def test_eval_writes_figures(evaluated, name):
     assert (evaluated[0] / name).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["samples.gif", "recon.gif", "swap.gif"])
+@pytest.mark.parametrize("name", ["samples.gif", "recon.gif", "swap.gif", "swap_motions.gif"])
 def test_eval_writes_moving_pictures(evaluated, name):
     from PIL import Image
     with Image.open(evaluated[0] / name) as im:
         assert im.n_frames == 4                                   # the tiny preset's T
+        if name == "swap_motions.gif":                            # the content column + 8 motions,
+            assert im.size[0] == 9 * (16 + 2) * 6                 # 16-px frames padded, drawn 6x
 
 
 def test_eval_prints_how_to_read_each_number(evaluated):
