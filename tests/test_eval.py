@@ -296,7 +296,8 @@ def test_eval_prints_how_to_read_each_number(evaluated):
 
 
 def test_a_runs_targets_are_its_familys():
-    """A where/what run is held to its presets' targets, a conv run to the generic presets'."""
+    """A where/what run is held to its presets' targets, a conv run to the generic presets', and
+    either on the affine variant to that variant's where it has its own."""
     from types import SimpleNamespace
     held = SimpleNamespace(content="digit", named=lambda: {"digit": np.arange(10), "motion": np.arange(10) % 8})
     assert ev.guide("probe_digit_acc", held)[1] == ("<=", 0.15)
@@ -305,6 +306,11 @@ def test_a_runs_targets_are_its_familys():
     assert ev.guide("random_c_consistency", held, conv=True)[1] is None
     assert ev.guide("probe_digit_acc_mlp", held, conv=True)[1] == ("<=", 0.25)   # the same in both
     assert "digit from z_M" in ev.guide("probe_digit_acc", held, conv=True)[0]
+    for conv in (False, True):
+        assert ev.guide("recon_digit_acc", held, conv, affine=True)[1] == (">=", 0.80)
+        assert ev.guide("probe_motion_acc", held, conv, affine=True)[1] == (">=", 0.95)
+        assert ev.guide("probe_digit_acc", held, conv, affine=True)[1] == ("<=", 0.25)
+    assert ev.guide("recon_digit_acc", held, conv=True)[1] == (">=", 0.85)
 
 
 def test_missing_checkpoint(tmp_path, capsys):
