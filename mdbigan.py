@@ -77,10 +77,22 @@ class Config:
                                 # ratio trick; DRNET's adversary, turned on z_C): what E reads as
                                 # the motion (a facing, an action) cannot stay in z_C, and G must
                                 # draw it from z_M; trains E_C alone
+    independence_codes: str = "real"  # the z_M the critic pairs with z_C: "real", E's reading of
+                                # the video; "swap", E's reading of G(z_C of another video, z_M):
+                                # the same motion with another video's look, so that what z_M
+                                # holds of the look is not what the critic asks E_C to drop
+    dependence_weight: float = 0.0  # CKA (normalised HSIC) between z_C under a linear kernel and
+                                # z_M (all frames) under a Gaussian one, on E_C alone: no linear
+                                # read of z_C may follow any smooth function of the motion, the
+                                # dependence a linear probe finds and a batch critic misses
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
                                 # preserving augmentation); G must take the colours from z_C
+    colour_mix: bool = False    # colour_jitter mixes the channels by a random matrix per video
+                                # (each channel a random blend of all three) instead of shuffling
+                                # them: which part is lighter than which (skin against shirt)
+                                # changes too
     lr: float = 2e-4            # Adam learning rate of every part
     beta1: float = 0.5          # Adam betas (authors: 0.5, 0.999)
     beta2: float = 0.999
@@ -101,9 +113,15 @@ class Config:
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
-                                # "middle" one (DBSE's content from one frame)
+                                # "middle" one (DBSE's content from one frame), or in training a
+                                # "random" one of each video and in evaluation the middle one
+                                # (DRNET's content from another frame than the one drawn)
     flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
                                 # over the frame (n >= 2: any affine motion is exact)
+    flow_affine: bool = False   # warp: the flow is a turn, zoom and shift from z_M (an angle, a log-
+                                # scale, two offsets) composed with the n x n field: one number
+                                # moves every pixel of a turn, where the field needs 2 n^2 of
+                                # them in step
     pose_picture: bool = False  # warp: each frame's picture is drawn from z_C and that frame's z_M
                                 # (a pose the flow cannot make: a character turned round, an arm
                                 # raised), then moved by the flow; its z_M weights start at 0, so
@@ -127,13 +145,14 @@ class Config:
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
                   "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
-                  "independence_weight",
+                  "independence_weight", "dependence_weight",
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle")),
+        for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle", "random")),
+                           ("independence_codes", ("real", "swap")),
                            ("sampler_backend", ("auto", "triton", "torch"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
         return self
@@ -326,10 +345,14 @@ class ConvEncoder(nn.Module):
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
-        self.middle = pool_time and cfg.content_frame == "middle"
+        self.middle = pool_time and cfg.content_frame in ("middle", "random")
+        self.random = pool_time and cfg.content_frame == "random"
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
-        if self.middle:
+        if self.random and self.training:
+            t = torch.randint(x.shape[1], (x.shape[0],), device=x.device)
+            x = x[torch.arange(x.shape[0], device=x.device), t][:, None]
+        elif self.middle:
             x = x[:, x.shape[1] // 2][:, None]
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
@@ -379,6 +402,11 @@ class WarpGenerator(nn.Module):
                                   nn.Linear(cfg.d_hidden, 2 * n * n))
         nn.init.normal_(self.flow[-1].weight, std=1e-3)         # about the identity warp at first
         nn.init.zeros_(self.flow[-1].bias)
+        self.affine = nn.Sequential(nn.Linear(cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
+                                    nn.Linear(cfg.d_hidden, 4)) if cfg.flow_affine else None
+        if self.affine is not None:
+            nn.init.normal_(self.affine[-1].weight, std=1e-3)
+            nn.init.zeros_(self.affine[-1].bias)
         self.n, self.size, self.draw_shape = n, cfg.size, (cfg.channels, cfg.size, cfg.size)
         identity = F.affine_grid(torch.eye(2, 3)[None], (1, 1, cfg.size, cfg.size), align_corners=False)
         self.register_buffer("identity", identity, persistent=False)       # (1, S, S, 2)
@@ -398,7 +426,13 @@ class WarpGenerator(nn.Module):
         # align_corners=True: the n x n vectors sit on the corner pixels and evenly between, so a
         # linear field (a shift, turn or zoom) is spread exactly
         f = F.interpolate(f, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        return self.identity + f.permute(0, 2, 3, 1)
+        grid = self.identity
+        if self.affine is not None:   # (x, y) -> e^s R(angle) (x, y) + (tx, ty), about the centre
+            angle, log_scale, t = self.affine(z_m).float().split([1, 1, 2], 1)
+            c, s = torch.cos(angle) * log_scale.exp(), torch.sin(angle) * log_scale.exp()
+            rot = torch.stack([torch.cat([c, -s], 1), torch.cat([s, c], 1)], 1)   # (N, 2, 2)
+            grid = torch.einsum("nij,hwj->nhwi", rot, self.identity[0]) + t[:, None, None]
+        return grid + f.permute(0, 2, 3, 1)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
         return self._warp(self.pictures(z_c, z_m), z_m)         # any T: G works frame by frame
@@ -777,7 +811,10 @@ class MDBiGAN(nn.Module):
         """x (B, T, C, S, S) in [-1, 1] with each video's channels shuffled (colour) and scaled by
         gains in [1 - j, 1 + j]; black stays black, as the frames' background."""
         B, C = x.shape[0], x.shape[2]
-        if C > 1:
+        if C > 1 and self.cfg.colour_mix:   # rows sum to 1: black stays black, white grey-ish
+            mix = torch.softmax(3 * torch.randn(B, C, C, device=x.device), 2)
+            x = torch.einsum("bij,btjhw->btihw", mix, x + 1) - 1
+        elif C > 1:
             x = x[torch.arange(B, device=x.device)[:, None], :, torch.rand(B, C, device=x.device).argsort(1)]
             x = x.permute(0, 2, 1, 3, 4)     # advanced indexing put the channel axis second
         j = self.cfg.colour_jitter
@@ -802,7 +839,9 @@ class MDBiGAN(nn.Module):
         d_i, d_v = sum(terms[:n]), sum(terms[n:])
         logs, loss = {"d_i": d_i.detach(), "d_v": d_v.detach()}, d_i + d_v
         if self.critic is not None:
-            joint, apart = self._critic_scores(zm_r, zc_r)
+            with torch.no_grad():
+                zm_c = self._critic_motion(zm_r, zc_r)
+            joint, apart = self._critic_scores(zm_c, zc_r)
             crit = F.softplus(-joint).mean() + F.softplus(apart).mean()
             logs["crit"], loss = crit.detach(), loss + crit
         return loss, logs
@@ -829,8 +868,13 @@ class MDBiGAN(nn.Module):
                               self._swap_through_g(*real[1:]))
         if self.cfg.decorrelate_weight > 0:
             terms["corr"] = (self.cfg.decorrelate_weight, self._correlation(*real[1:]))
+        if self.cfg.dependence_weight > 0:
+            terms["dep"] = (self.adv_scale(iteration) * self.cfg.dependence_weight,
+                            self._dependence(real[1].detach(), real[2]))
         if self.critic is not None:
-            joint, apart = self._critic_scores(real[1].detach(), real[2])
+            with torch.no_grad():
+                zm_c = self._critic_motion(real[1], real[2])
+            joint, apart = self._critic_scores(zm_c, real[2])
             terms["indep"] = (self.adv_scale(iteration) * self.cfg.independence_weight,
                               F.softplus(joint).mean() + F.softplus(-apart).mean())
         if self.prior_enc is not None:                          # trains the sampler and q only
@@ -928,6 +972,30 @@ class MDBiGAN(nn.Module):
         read = torch.func.functional_call(self.enc, held, (x,))
         return (read - z_m).abs().mean()
 
+    def _critic_motion(self, z_m, z_c):
+        """The motion codes the critic pairs with z_C (no gradients): E's own, or with
+        independence_codes = "swap" E's reading of G(z_C^(a-1), z_M^a), video a's motion drawn with
+        the previous video's look."""
+        if self.cfg.independence_codes == "real":
+            return z_m.detach()
+        return self.enc(self.gen(z_c.roll(1, 0), z_m)).detach()
+
+    @staticmethod
+    def _dependence(z_m, z_c):
+        """CKA of z_C (B, dim_z_c) under a linear kernel against z_M (B, T, dim_z_m) under a
+        Gaussian kernel (bandwidth: the median distance), each standardised over the batch: 0
+        when no linear function of z_C covaries with any smooth function of z_M over the batch
+        (Gretton et al. 2005; Kornblith et al. 2019). A closed form, not a learner: E_C cannot
+        move its code where the measure does not look."""
+        B = z_c.shape[0]
+        a, m = MDBiGAN._standard(z_c.float()), MDBiGAN._standard(z_m.flatten(1).float())
+        k = a @ a.T
+        d = torch.cdist(m, m).pow(2)
+        l = torch.exp(-d / d[~torch.eye(B, dtype=torch.bool, device=d.device)].median().clamp_min(1e-6))
+        h = torch.eye(B, device=k.device) - 1.0 / B
+        k, l = h @ k @ h, h @ l @ h
+        return (k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt().clamp_min(1e-12)
+
     def _critic_scores(self, z_m, z_c):
         """The critic's logits for each video's own pair (z_C^a, z_M^a), (B,), and for every pair of
         z_C^b beside z_M^a, b != a, (B * (B - 1),): the first are draws of the codes' joint law,
@@ -942,7 +1010,10 @@ class MDBiGAN(nn.Module):
         pairs = torch.cat([z_c[:, None].expand(B, B, -1), z[None].expand(B, B, -1)], 2)
         s = self.critic(pairs).squeeze(2)                       # s[b, a]: z_C^b beside z_M^a
         eye = torch.eye(B, dtype=torch.bool, device=s.device)
-        return s[eye], s[~eye]
+        apart = ~eye
+        if self.cfg.independence_codes == "swap":   # z_M^a carries the look of video a - 1
+            apart = apart & ~eye.roll(-1, 0)
+        return s[eye], s[apart]
 
     @staticmethod
     def _standard(a):

@@ -337,6 +337,23 @@ def test_warp_spreads_a_turn_and_zoom_exactly(n):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_affine_flow_turns_zooms_and_shifts_as_affine_grid():
+    """With flow_affine, an angle, a log-scale and an offset from z_M give F.affine_grid's grid of
+    that map (the n x n field at 0 on top), and at initialisation the warp is about the identity."""
+    torch.manual_seed(0)
+    gen, S = mdbigan.WarpGenerator(replace(TINY, size=16, warp=True, flow_affine=True)), 16
+    z_m = torch.randn(3, TINY.dim_z_m)
+    assert (gen.sampling_grid(z_m) - gen.identity).abs().amax() < 0.05
+    a, s, t = torch.tensor(40.0).deg2rad(), 1.2, torch.tensor([0.25, -0.1])
+    with torch.no_grad():
+        gen.affine[-1].weight.zero_()
+        gen.affine[-1].bias.copy_(torch.cat([a[None], torch.tensor([s]).log(), t]))
+    _set_flow(gen, torch.zeros(2, 4, 4))
+    A = s * torch.tensor([[a.cos(), -a.sin()], [a.sin(), a.cos()]])
+    want = F.affine_grid(torch.cat([A, t[:, None]], 1)[None], (1, 1, S, S), align_corners=False)
+    torch.testing.assert_close(gen.sampling_grid(z_m[:1]), want, atol=1e-5, rtol=0)
+
+
 def test_pose_picture_starts_as_the_content_picture_and_then_reads_each_frames_code():
     """With pose_picture, G draws one picture per frame from (z_C, z_M(t)): at initialisation its z_M
     weights are 0, so every frame's picture is the one z_C alone gives; once they are not, frames
@@ -529,6 +546,42 @@ def test_independence_critic_tells_shared_codes_and_trains_e_c_alone():
     assert "critic.0.weight" not in m.inference_state_dict()
 
 
+def test_dependence_term_sees_a_linear_read_of_the_motion_and_trains_e_c_alone():
+    """_dependence (CKA, linear kernel on z_C, Gaussian on z_M) is near 0 for independent codes
+    and large when a z_C number is a nonlinear function of z_M, whatever z_C's scale; its term in
+    the E/G loss moves E_C alone."""
+    g = torch.Generator().manual_seed(0)
+    z_m = torch.randn(256, 2, 3, generator=g)
+    z_c = torch.randn(256, 5, generator=g)
+    independent = MDBiGAN._dependence(z_m, z_c)
+    z_c[:, 0] = (z_m[:, 0, 0] > 0).float()          # the sign of a motion number: a class
+    shared = MDBiGAN._dependence(z_m, z_c)
+    assert independent < 0.05 and shared > 3 * independent, (independent, shared)
+    torch.testing.assert_close(MDBiGAN._dependence(z_m, 0.1 * z_c + 3), shared, rtol=1e-3, atol=1e-4)
+    cfg = replace(TINY, dependence_weight=1.0)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    assert "dep" in m.eg_loss(x)[1]
+    m._dependence(m.encode_motion(x).detach(), m.encode_content(x)).backward()
+    moved = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
+    assert moved(m.enc_c) and not moved(m.enc) and not moved(m.gen)
+
+
+def test_critic_on_swapped_codes_leaves_out_the_pairs_that_share_a_look():
+    """With independence_codes = "swap", the critic pairs z_C^a with E's reading of G(z_C^(a-1),
+    z_M^a): the apart pairs leave out z_C^(a-1) beside it (the look it was drawn with), and the
+    D and E/G steps run."""
+    cfg = replace(TINY, independence_weight=1.0, independence_codes="swap")
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=5)
+    z_m, z_c = torch.randn(5, cfg.frames, cfg.dim_z_m), torch.randn(5, cfg.dim_z_c)
+    joint, apart = m._critic_scores(z_m, z_c)
+    assert joint.shape == (5,) and apart.shape == (5 * 3,)
+    assert "crit" in m.d_loss(x)[1] and "indep" in m.eg_loss(x)[1]
+    with pytest.raises(ValueError, match="independence_codes"):
+        replace(TINY, independence_codes="other").validate()
+
+
 def test_colour_jitter_shuffles_and_scales_channels_and_keeps_black():
     """E's training input: each video's channels permuted and scaled by one gain each in
     [1 - j, 1 + j]; black (-1) stays black, and each output channel is a scaled input channel."""
@@ -577,6 +630,44 @@ def test_content_from_the_middle_frame_reads_that_frame_alone():
         torch.testing.assert_close(m.encode_content(x), m.encode_content(y))
         y[:, 2] = 1 - y[:, 2]
         assert not torch.allclose(m.encode_content(x), m.encode_content(y))
+
+
+def test_content_from_a_random_frame_in_training_and_the_middle_one_in_evaluation():
+    """With content_frame="random", E_C reads one frame per video: in training any of them (each
+    video's z_C is that of one of its frames read alone), in evaluation the middle one."""
+    cfg = replace(TINY, frames=5, content_frame="random")
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=4)
+    with torch.no_grad():
+        alone = torch.stack([m.eval().encode_content(x[:, t:t + 1].expand_as(x)) for t in range(5)], 1)
+        torch.testing.assert_close(m.encode_content(x), alone[:, 2])
+        seen = set()
+        m.train()
+        for _ in range(40):
+            z = m.encode_content(x)                             # (B, dim_z_c)
+            d = (alone - z[:, None]).abs().amax(2)              # (B, 5): which frame each read
+            assert (d.amin(1) < 1e-5).all()
+            seen.update(d.argmin(1).tolist())
+    assert seen == set(range(5))
+
+
+def test_colour_mix_blends_the_channels_and_keeps_black():
+    """With colour_mix, E's training input is each video's frames with every channel a blend of
+    all three (weights >= 0 summing to 1, the same for every pixel and frame of a video) times a
+    gain; black stays black."""
+    cfg = replace(TINY, channels=3, colour_jitter=0.5, colour_mix=True)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg), videos(cfg, B=6) * 0.5 * 2 - 1          # in [-1, 0]: no clamping
+    x[:, :, :, 0, 0] = -1
+    y = m._jitter(x)
+    assert y.shape == x.shape and (y[:, :, :, 0, 0] == -1).all()
+    for b in range(6):           # y + 1 = A (x + 1) per pixel: least squares recovers A
+        a = (x[b] + 1).permute(1, 0, 2, 3).flatten(1).T          # (pixels, 3)
+        c = (y[b] + 1).permute(1, 0, 2, 3).flatten(1).T
+        A = torch.linalg.lstsq(a, c).solution.T                  # (3, 3)
+        torch.testing.assert_close(a @ A.T, c, atol=1e-4, rtol=0)
+        gain = A.sum(1)
+        assert (A > -1e-4).all() and ((gain > 0.5 - 1e-4) & (gain < 1.5 + 1e-4)).all()
 
 
 def test_adversarial_weight_warms_up_over_its_steps():
