@@ -85,10 +85,6 @@ class Config:
                                 # z_M (all frames) under a Gaussian one, on E_C alone: no linear
                                 # read of z_C may follow any smooth function of the motion, the
                                 # dependence a linear probe finds and a batch critic misses
-    critic_queue: int = 0       # the critic also sees this many past videos' codes (a FIFO of
-                                # detached, standardised codes, MoCo's queue): a batch of 16 alone
-                                # leaves it at chance on a small dependence (the action in z_C on
-                                # Sprites); E_C's z_C is set beside the queue's z_M too
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
@@ -149,7 +145,7 @@ class Config:
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
                   "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
-                  "independence_weight", "dependence_weight", "critic_queue",
+                  "independence_weight", "dependence_weight",
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -845,7 +841,7 @@ class MDBiGAN(nn.Module):
         if self.critic is not None:
             with torch.no_grad():
                 zm_c = self._critic_motion(zm_r, zc_r)
-            joint, apart = self._critic_scores(zm_c, zc_r, push=True)
+            joint, apart = self._critic_scores(zm_c, zc_r)
             crit = F.softplus(-joint).mean() + F.softplus(apart).mean()
             logs["crit"], loss = crit.detach(), loss + crit
         return loss, logs
@@ -1000,55 +996,24 @@ class MDBiGAN(nn.Module):
         k, l = h @ k @ h, h @ l @ h
         return (k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt().clamp_min(1e-12)
 
-    def _critic_scores(self, z_m, z_c, push=False):
+    def _critic_scores(self, z_m, z_c):
         """The critic's logits for each video's own pair (z_C^a, z_M^a), (B,), and for every pair of
         z_C^b beside z_M^a, b != a, (B * (B - 1),): the first are draws of the codes' joint law,
         the second of the product of its marginals, which the priors are; every pair of the batch,
         not one per video, as a batch of 16 gives the critic too few to learn from. The critic
         learns to tell them apart; E_C, with labels swapped, to make them alike (z_M detached
-        there: the critic moves z_C only, so what E reads stays the anchor).
-
-        With cfg.critic_queue, past batches' codes join in: `push` (the critic's step, codes
-        detached) scores the batch and the queue, each z_C beside its own z_M and beside 8 others',
-        then puts the batch in the queue; without it (E_C's step) the batch's z_C are also set
-        beside every z_M of the queue."""
+        there: the critic moves z_C only, so what E reads stays the anchor)."""
         B = z_c.shape[0]
         # each number standardised over the batch: G's first layer is normalised, so E_C could
         # otherwise blind the critic by shrinking z_C (it did, to a tenth of its spread)
         z_c, z = self._standard(z_c.float()), self._standard(z_m.flatten(1).float())
-        queue = getattr(self, "_queue", None) if self.cfg.critic_queue else None
-        if queue is not None and queue[0].device != z.device:
-            queue = None                          # the model moved: start the queue again
-        if queue is None:
-            pairs = torch.cat([z_c[:, None].expand(B, B, -1), z[None].expand(B, B, -1)], 2)
-            s = self.critic(pairs).squeeze(2)                   # s[b, a]: z_C^b beside z_M^a
-            eye = torch.eye(B, dtype=torch.bool, device=s.device)
-            apart = ~eye
-            if self.cfg.independence_codes == "swap":   # z_M^a carries the look of video a - 1
-                apart = apart & ~eye.roll(-1, 0)
-            joint, apart = s[eye], s[apart]
-        elif push:
-            qc, qm = torch.cat([z_c, queue[0]]), torch.cat([z, queue[1]])
-            n = qc.shape[0]
-            others = (torch.arange(n, device=z.device)[:, None]
-                      + torch.randint(1, n, (n, 8), device=z.device)) % n
-            joint = self.critic(torch.cat([qc, qm], 1)).squeeze(1)
-            apart = self.critic(torch.cat([qc[:, None].expand(-1, 8, -1), qm[others]], 2)).flatten()
-        else:
-            k = queue[1].shape[0]
-            own = self.critic(torch.cat([z_c, z], 1)).squeeze(1)
-            pairs = torch.cat([z_c[:, None].expand(B, B + k, -1),
-                               torch.cat([z, queue[1]])[None].expand(B, B + k, -1)], 2)
-            s = self.critic(pairs).squeeze(2)
-            mask = torch.ones_like(s, dtype=torch.bool)
-            eye = torch.eye(B, dtype=torch.bool, device=s.device)
-            mask[:, :B] = ~eye & ~eye.roll(-1, 0) if self.cfg.independence_codes == "swap" else ~eye
-            joint, apart = own, s[mask]
-        if push and self.cfg.critic_queue:
-            qc, qm = (z_c.detach(), z.detach()) if queue is None else (
-                torch.cat([z_c.detach(), queue[0]]), torch.cat([z.detach(), queue[1]]))
-            self._queue = (qc[:self.cfg.critic_queue], qm[:self.cfg.critic_queue])
-        return joint, apart
+        pairs = torch.cat([z_c[:, None].expand(B, B, -1), z[None].expand(B, B, -1)], 2)
+        s = self.critic(pairs).squeeze(2)                       # s[b, a]: z_C^b beside z_M^a
+        eye = torch.eye(B, dtype=torch.bool, device=s.device)
+        apart = ~eye
+        if self.cfg.independence_codes == "swap":   # z_M^a carries the look of video a - 1
+            apart = apart & ~eye.roll(-1, 0)
+        return s[eye], s[apart]
 
     @staticmethod
     def _standard(a):

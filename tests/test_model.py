@@ -578,54 +578,8 @@ def test_critic_on_swapped_codes_leaves_out_the_pairs_that_share_a_look():
     joint, apart = m._critic_scores(z_m, z_c)
     assert joint.shape == (5,) and apart.shape == (5 * 3,)
     assert "crit" in m.d_loss(x)[1] and "indep" in m.eg_loss(x)[1]
-    m = MDBiGAN(replace(cfg, critic_queue=8))
-    m._critic_scores(z_m, z_c, push=True)                   # queues 5 videos' codes
-    joint, apart = m._critic_scores(z_m, z_c)
-    assert joint.shape == (5,) and apart.shape == (5 * 3 + 5 * 5,)
     with pytest.raises(ValueError, match="independence_codes"):
         replace(TINY, independence_codes="other").validate()
-def test_critic_queue_keeps_past_codes_and_tells_shared_codes_from_small_batches():
-    """With cfg.critic_queue the critic's step scores the batch and the queue and then queues the
-    batch (newest first, at most critic_queue videos); E_C's step sets each z_C beside the batch's
-    and the queue's z_M. Trained on batches of 4 with the queue it tells codes that share a number
-    from independent ones; from the 4 pairs of a batch alone it learns less in as many steps."""
-    cfg = replace(TINY, independence_weight=1.0, critic_queue=64)
-
-    def trained_loss(share, queue, steps=300):
-        torch.manual_seed(0)
-        m = MDBiGAN(replace(cfg, critic_queue=queue))
-        opt = torch.optim.Adam(m.critic.parameters(), 1e-3)
-        g = torch.Generator().manual_seed(0)
-        losses = []
-        for _ in range(steps):
-            z_m = torch.randn(4, cfg.frames, cfg.dim_z_m, generator=g)
-            z_c = torch.randn(4, cfg.dim_z_c, generator=g)
-            if share:
-                z_c[:, 0] = z_m[:, 1, 2]
-            joint, apart = m._critic_scores(z_m, z_c, push=True)
-            loss = F.softplus(-joint).mean() + F.softplus(apart).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return sum(losses[-50:]) / 50, m
-
-    shared, m = trained_loss(share=True, queue=64)
-    independent, _ = trained_loss(share=False, queue=64)
-    alone, _ = trained_loss(share=True, queue=0)
-    assert shared < 0.9 and independent > 1.25 and alone > shared + 0.1, (shared, independent, alone)
-    assert m._queue[0].shape == (64, cfg.dim_z_c) and m._queue[1].shape == (64, cfg.frames * cfg.dim_z_m)
-    z_m, z_c = torch.randn(4, cfg.frames, cfg.dim_z_m), torch.randn(4, cfg.dim_z_c)
-    m._critic_scores(z_m, z_c, push=True)
-    torch.testing.assert_close(m._queue[0][:4], MDBiGAN._standard(z_c))     # newest first
-    z_c.requires_grad_(True)
-    joint, apart = m._critic_scores(z_m, z_c)                              # E_C's step: no push
-    assert joint.shape == (4,) and apart.shape == (4 * 3 + 4 * 64,)
-    (F.softplus(joint).mean() + F.softplus(-apart).mean()).backward()
-    assert z_c.grad.abs().sum() > 0
-    torch.testing.assert_close(m._queue[0][:4], MDBiGAN._standard(z_c.detach()))
-
-
 
 
 def test_colour_jitter_shuffles_and_scales_channels_and_keeps_black():
