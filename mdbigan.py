@@ -113,15 +113,9 @@ class Config:
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
-                                # "middle" one (DBSE's content from one frame), or in training a
-                                # "random" one of each video and in evaluation the middle one
-                                # (DRNET's content from another frame than the one drawn)
+                                # "middle" one (DBSE's content from one frame)
     flow_size: int = 4          # warp: the flow field's grid of n x n vectors, bilinearly spread
                                 # over the frame (n >= 2: any affine motion is exact)
-    flow_affine: bool = False   # warp: the flow is a turn, zoom and shift from z_M (an angle, a log-
-                                # scale, two offsets) composed with the n x n field: one number
-                                # moves every pixel of a turn, where the field needs 2 n^2 of
-                                # them in step
     pose_picture: bool = False  # warp: each frame's picture is drawn from z_C and that frame's z_M
                                 # (a pose the flow cannot make: a character turned round, an arm
                                 # raised), then moved by the flow; its z_M weights start at 0, so
@@ -151,7 +145,7 @@ class Config:
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("beta1", "beta2", "d_dropout"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
-        for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle", "random")),
+        for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle")),
                            ("independence_codes", ("real", "swap")),
                            ("sampler_backend", ("auto", "triton", "torch"))):
             need(getattr(self, k) in allowed, f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
@@ -345,14 +339,10 @@ class ConvEncoder(nn.Module):
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
-        self.middle = pool_time and cfg.content_frame in ("middle", "random")
-        self.random = pool_time and cfg.content_frame == "random"
+        self.middle = pool_time and cfg.content_frame == "middle"
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
-        if self.random and self.training:
-            t = torch.randint(x.shape[1], (x.shape[0],), device=x.device)
-            x = x[torch.arange(x.shape[0], device=x.device), t][:, None]
-        elif self.middle:
+        if self.middle:
             x = x[:, x.shape[1] // 2][:, None]
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
@@ -402,11 +392,6 @@ class WarpGenerator(nn.Module):
                                   nn.Linear(cfg.d_hidden, 2 * n * n))
         nn.init.normal_(self.flow[-1].weight, std=1e-3)         # about the identity warp at first
         nn.init.zeros_(self.flow[-1].bias)
-        self.affine = nn.Sequential(nn.Linear(cfg.dim_z_m, cfg.d_hidden), nn.LeakyReLU(0.2),
-                                    nn.Linear(cfg.d_hidden, 4)) if cfg.flow_affine else None
-        if self.affine is not None:
-            nn.init.normal_(self.affine[-1].weight, std=1e-3)
-            nn.init.zeros_(self.affine[-1].bias)
         self.n, self.size, self.draw_shape = n, cfg.size, (cfg.channels, cfg.size, cfg.size)
         identity = F.affine_grid(torch.eye(2, 3)[None], (1, 1, cfg.size, cfg.size), align_corners=False)
         self.register_buffer("identity", identity, persistent=False)       # (1, S, S, 2)
@@ -426,13 +411,7 @@ class WarpGenerator(nn.Module):
         # align_corners=True: the n x n vectors sit on the corner pixels and evenly between, so a
         # linear field (a shift, turn or zoom) is spread exactly
         f = F.interpolate(f, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        grid = self.identity
-        if self.affine is not None:   # (x, y) -> e^s R(angle) (x, y) + (tx, ty), about the centre
-            angle, log_scale, t = self.affine(z_m).float().split([1, 1, 2], 1)
-            c, s = torch.cos(angle) * log_scale.exp(), torch.sin(angle) * log_scale.exp()
-            rot = torch.stack([torch.cat([c, -s], 1), torch.cat([s, c], 1)], 1)   # (N, 2, 2)
-            grid = torch.einsum("nij,hwj->nhwi", rot, self.identity[0]) + t[:, None, None]
-        return grid + f.permute(0, 2, 3, 1)
+        return self.identity + f.permute(0, 2, 3, 1)
 
     def forward(self, z_c, z_m):                                # (B, dim_z_c), (B, T, dim_z_m)
         return self._warp(self.pictures(z_c, z_m), z_m)         # any T: G works frame by frame
@@ -1002,7 +981,8 @@ class MDBiGAN(nn.Module):
         the second of the product of its marginals, which the priors are; every pair of the batch,
         not one per video, as a batch of 16 gives the critic too few to learn from. The critic
         learns to tell them apart; E_C, with labels swapped, to make them alike (z_M detached
-        there: the critic moves z_C only, so what E reads stays the anchor)."""
+        there: the critic moves z_C only, so what E reads stays the anchor). With independence_codes
+        = "swap", z_M^a was drawn with the look of video a - 1, and that pair is left out too."""
         B = z_c.shape[0]
         # each number standardised over the batch: G's first layer is normalised, so E_C could
         # otherwise blind the critic by shrinking z_C (it did, to a tenth of its spread)

@@ -337,23 +337,6 @@ def test_warp_spreads_a_turn_and_zoom_exactly(n):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_affine_flow_turns_zooms_and_shifts_as_affine_grid():
-    """With flow_affine, an angle, a log-scale and an offset from z_M give F.affine_grid's grid of
-    that map (the n x n field at 0 on top), and at initialisation the warp is about the identity."""
-    torch.manual_seed(0)
-    gen, S = mdbigan.WarpGenerator(replace(TINY, size=16, warp=True, flow_affine=True)), 16
-    z_m = torch.randn(3, TINY.dim_z_m)
-    assert (gen.sampling_grid(z_m) - gen.identity).abs().amax() < 0.05
-    a, s, t = torch.tensor(40.0).deg2rad(), 1.2, torch.tensor([0.25, -0.1])
-    with torch.no_grad():
-        gen.affine[-1].weight.zero_()
-        gen.affine[-1].bias.copy_(torch.cat([a[None], torch.tensor([s]).log(), t]))
-    _set_flow(gen, torch.zeros(2, 4, 4))
-    A = s * torch.tensor([[a.cos(), -a.sin()], [a.sin(), a.cos()]])
-    want = F.affine_grid(torch.cat([A, t[:, None]], 1)[None], (1, 1, S, S), align_corners=False)
-    torch.testing.assert_close(gen.sampling_grid(z_m[:1]), want, atol=1e-5, rtol=0)
-
-
 def test_pose_picture_starts_as_the_content_picture_and_then_reads_each_frames_code():
     """With pose_picture, G draws one picture per frame from (z_C, z_M(t)): at initialisation its z_M
     weights are 0, so every frame's picture is the one z_C alone gives; once they are not, frames
@@ -630,25 +613,6 @@ def test_content_from_the_middle_frame_reads_that_frame_alone():
         torch.testing.assert_close(m.encode_content(x), m.encode_content(y))
         y[:, 2] = 1 - y[:, 2]
         assert not torch.allclose(m.encode_content(x), m.encode_content(y))
-
-
-def test_content_from_a_random_frame_in_training_and_the_middle_one_in_evaluation():
-    """With content_frame="random", E_C reads one frame per video: in training any of them (each
-    video's z_C is that of one of its frames read alone), in evaluation the middle one."""
-    cfg = replace(TINY, frames=5, content_frame="random")
-    torch.manual_seed(0)
-    m, x = MDBiGAN(cfg), videos(cfg, B=4)
-    with torch.no_grad():
-        alone = torch.stack([m.eval().encode_content(x[:, t:t + 1].expand_as(x)) for t in range(5)], 1)
-        torch.testing.assert_close(m.encode_content(x), alone[:, 2])
-        seen = set()
-        m.train()
-        for _ in range(40):
-            z = m.encode_content(x)                             # (B, dim_z_c)
-            d = (alone - z[:, None]).abs().amax(2)              # (B, 5): which frame each read
-            assert (d.amin(1) < 1e-5).all()
-            seen.update(d.argmin(1).tolist())
-    assert seen == set(range(5))
 
 
 def test_colour_mix_blends_the_channels_and_keeps_black():
