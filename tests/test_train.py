@@ -36,12 +36,13 @@ def test_tiny_run_writes_checkpoint_and_log(tmp_path, mnist_dir):
 
 def test_generic32_preset_trains_and_its_model_generates(tmp_path, mnist_dir):
     """The generic CPU preset (the warp G with a picture per frame, centred codes, the critic on
-    E_C, the warm-up) takes steps, writes its inference file, and that file's model draws videos
+    E_C against swapped motion codes, the warm-up) takes steps, writes its inference file, and that file's model draws videos
     of its shape."""
     assert run(tmp_path, mnist_dir, "--max-steps", "2", preset=("--preset", "generic32")) == 0
     model = MDBiGAN.from_checkpoint(str(tmp_path / "model.pt"))
     assert model.cfg.warp and model.cfg.centre_motion and not model.cfg.structured
     assert model.cfg.pose_picture and model.cfg.independence_weight > 0 and model.cfg.content_ch > model.cfg.ch
+    assert model.cfg.independence_codes == "swap"
     with torch.no_grad():
         v = model.generate(*model.sample(2))
     assert v.shape == (2, 20, 1, 32, 32) and torch.isfinite(v).all()
