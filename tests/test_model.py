@@ -560,6 +560,21 @@ def test_critic_on_swapped_codes_leaves_out_the_pairs_that_share_a_look():
     z_m, z_c = torch.randn(5, cfg.frames, cfg.dim_z_m), torch.randn(5, cfg.dim_z_c)
     joint, apart = m._critic_scores(z_m, z_c)
     assert joint.shape == (5,) and apart.shape == (5 * 3,)
+    critic = m.critic           # a stand-in that scores 10 b + a for z_C^b beside z_M^a
+    z_c[:, 0], z_m[:, 0, 0] = torch.arange(5.0), torch.arange(5.0)
+    u = lambda i: (i - 2) / 2 ** 0.5                            # arange(5) standardised
+    class Stand(torch.nn.Module):
+        def forward(self, pairs):
+            return 10 * pairs[..., :1] + pairs[..., cfg.dim_z_c:cfg.dim_z_c + 1]
+    m.critic = Stand()
+    _, apart = m._critic_scores(z_m, z_c)
+    got = {(b, a) for v in apart.tolist() for b in range(5) for a in range(5)
+           if abs(v - 10 * u(b) - u(a)) < 0.05}
+    assert got == {(b, a) for b in range(5) for a in range(5) if b != a and b != (a - 1) % 5}
+    m.critic = critic
+    with torch.no_grad():       # what the critic pairs with z_C^a: E's reading of G(z_C^(a-1), z_M^a)
+        z_m, z_c = m.encode_motion(x), m.encode_content(x)
+        torch.testing.assert_close(m._critic_motion(z_m, z_c), m.enc(m.gen(z_c.roll(1, 0), z_m)))
     assert "crit" in m.d_loss(x)[1] and "indep" in m.eg_loss(x)[1]
     with pytest.raises(ValueError, match="independence_codes"):
         replace(TINY, independence_codes="other").validate()
