@@ -836,8 +836,9 @@ class MDBiGAN(nn.Module):
         terms.update(self._reconstruction(*real, iteration=iteration))
         if self.cfg.latent_weight > 0:
             terms["lat"] = (self.cfg.latent_weight, self._latent_consistency(*fake))
+        swapped = {}   # E's reading of G's swaps, drawn once: the swap cycle's and the critic's
         if self.cfg.swap_weight > 0 or self.cfg.content_swap_weight > 0:
-            swap, cswap = self._swap_consistency(*real[1:])
+            swap, cswap = self._swap_consistency(*real[1:], out=swapped)
             if self.cfg.swap_weight > 0:
                 terms["swap"] = (self.adv_scale(iteration) * self.cfg.swap_weight, swap)
             if self.cfg.content_swap_weight > 0:
@@ -851,8 +852,11 @@ class MDBiGAN(nn.Module):
             terms["dep"] = (self.adv_scale(iteration) * self.cfg.dependence_weight,
                             self._dependence(real[1].detach(), real[2]))
         if self.critic is not None:
-            with torch.no_grad():
-                zm_c = self._critic_motion(real[1], real[2])
+            if self.cfg.independence_codes == "swap" and "read" in swapped:
+                zm_c = swapped["read"]
+            else:
+                with torch.no_grad():
+                    zm_c = self._critic_motion(real[1], real[2])
             joint, apart = self._critic_scores(zm_c, real[2])
             terms["indep"] = (self.adv_scale(iteration) * self.cfg.independence_weight,
                               F.softplus(joint).mean() + F.softplus(-apart).mean())
@@ -920,7 +924,7 @@ class MDBiGAN(nn.Module):
         z_m_rec = self.enc(x)
         return (z_m_rec - z_m).abs().mean() + (self.enc_c(x, z_m_rec) - z_c).abs().mean()
 
-    def _swap_consistency(self, z_m, z_c):
+    def _swap_consistency(self, z_m, z_c, out=None):
         """(|E(x) - z_M^a|, |E_C(x) - z_C^b|^2 / Var z_C) for x = G(z_C^b, z_M^a), real codes, b the
         next video in the batch: swap cycles (the reverse cycle of Jha et al. 2018) on the encoders
         alone, G's swap drawn without gradients (with cfg.swap_trains_g the first trains G too).
@@ -929,11 +933,13 @@ class MDBiGAN(nn.Module):
         read a content the same whatever motion it does, so that what G draws from z_M (a pose,
         which way a character faces) cannot stay in z_C. It is divided by z_C's spread over the
         batch, with gradients, as an L1 in z_C would shrink the code, which G's normalisation
-        ignores."""
+        ignores. A dict `out` gets E's reading of the swaps, detached, as "read"."""
         z_m = z_m.detach()
         with torch.set_grad_enabled(self.cfg.swap_trains_g and torch.is_grad_enabled()):
             x = self.gen(z_c.roll(1, 0).detach(), z_m)
         z_m_swap = self.enc(x)
+        if out is not None:
+            out["read"] = z_m_swap.detach()
         swap = (z_m_swap - z_m).abs().mean()
         if self.cfg.content_swap_weight == 0:
             return swap, None
