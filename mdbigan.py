@@ -77,7 +77,7 @@ class Config:
                                 # ratio trick; DRNET's adversary, turned on z_C): what E reads as
                                 # the motion (a facing, an action) cannot stay in z_C, and G must
                                 # draw it from z_M; trains E_C alone
-    independence_codes: str = "real"  # the z_M the critic pairs with z_C: "real", E's reading of
+    independence_codes: str = "real"  # the z_M the critic and CKA pair with z_C: "real", E's reading of
                                 # the video; "swap", E's reading of G(z_C of another video, z_M):
                                 # the same motion with another video's look, so that what z_M
                                 # holds of the look is not what the critic asks E_C to drop
@@ -85,6 +85,12 @@ class Config:
                                 # z_M (all frames) under a Gaussian one, on E_C alone: no linear
                                 # read of z_C may follow any smooth function of the motion, the
                                 # dependence a linear probe finds and a batch critic misses
+    dependence_memory: float = 0.0  # > 0: the dependence term measured over many batches instead,
+                                # and whitened: how much of random Fourier features of z_M (a
+                                # Gaussian kernel) a linear read of z_C explains, z_C's covariance
+                                # and cross-covariance kept as running averages with this decay.
+                                # What a linear probe reads in a direction of z_C of little
+                                # variance, a batch measure or critic weighs by that variance
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
@@ -143,7 +149,7 @@ class Config:
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("beta1", "beta2", "d_dropout"):
+        for k in ("beta1", "beta2", "d_dropout", "dependence_memory"):
             need(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
         for k, allowed in (("loss", ("hinge", "bce")), ("content_frame", ("all", "middle")),
                            ("independence_codes", ("real", "swap")),
@@ -697,7 +703,19 @@ class MDBiGAN(nn.Module):
         self.critic = nn.Sequential(
             nn.Linear(cfg.dim_z_c + cfg.frames * cfg.dim_z_m, d), nn.LeakyReLU(0.2),
             nn.Linear(d, d), nn.LeakyReLU(0.2), nn.Linear(d, 1)) if cfg.independence_weight > 0 else None
+        if cfg.dependence_weight > 0 and cfg.dependence_memory > 0:
+            # fixed random Fourier features of the standardised z_M path (a Gaussian kernel of
+            # bandwidth sqrt(dim) / 2) and the running moments; not saved: a resumed run measures
+            # afresh within a few hundred steps
+            dim, g = cfg.frames * cfg.dim_z_m, torch.Generator().manual_seed(0)
+            self.register_buffer("rff_w", torch.randn(dim, self.RFF, generator=g) * 2 / dim ** 0.5,
+                                 persistent=False)
+            self.register_buffer("rff_b", 2 * math.pi * torch.rand(self.RFF, generator=g), persistent=False)
+            self.register_buffer("dep_cov", torch.eye(cfg.dim_z_c), persistent=False)
+            self.register_buffer("dep_cross", torch.zeros(cfg.dim_z_c, self.RFF), persistent=False)
+            self.register_buffer("dep_fvar", torch.ones(()), persistent=False)
 
+    RFF = 256   # random Fourier features of z_M for dependence_memory
     DISCRIMINATORS = ("disc_image", "disc_video", "critic")   # training only: not in inference files
 
     @classmethod
@@ -848,15 +866,17 @@ class MDBiGAN(nn.Module):
                               self._swap_through_g(*real[1:]))
         if self.cfg.decorrelate_weight > 0:
             terms["corr"] = (self.cfg.decorrelate_weight, self._correlation(*real[1:]))
-        if self.cfg.dependence_weight > 0:
-            terms["dep"] = (self.adv_scale(iteration) * self.cfg.dependence_weight,
-                            self._dependence(real[1].detach(), real[2]))
-        if self.critic is not None:
+        if self.critic is not None or self.cfg.dependence_weight > 0:
             if self.cfg.independence_codes == "swap" and "read" in swapped:
                 zm_c = swapped["read"]
             else:
                 with torch.no_grad():
                     zm_c = self._critic_motion(real[1], real[2])
+        if self.cfg.dependence_weight > 0:
+            dep = (self._dependence_memory(zm_c, real[2]) if self.cfg.dependence_memory > 0
+                   else self._dependence(zm_c, real[2]))
+            terms["dep"] = (self.adv_scale(iteration) * self.cfg.dependence_weight, dep)
+        if self.critic is not None:
             joint, apart = self._critic_scores(zm_c, real[2])
             terms["indep"] = (self.adv_scale(iteration) * self.cfg.independence_weight,
                               F.softplus(joint).mean() + F.softplus(-apart).mean())
@@ -980,6 +1000,31 @@ class MDBiGAN(nn.Module):
         h = torch.eye(B, device=k.device) - 1.0 / B
         k, l = h @ k @ h, h @ l @ h
         return (k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt().clamp_min(1e-12)
+
+    def _dependence_memory(self, z_m, z_c):
+        """R^2 of the best linear read, from z_C (B, dim_z_c), of random Fourier features of z_M
+        (B, T, dim_z_m), each standardised over the batch: tr(C' S^-1 C) / tr(S_f) with S z_C's
+        covariance, C the cross-covariance and S_f the features', running averages over about
+        (1 + decay) / (1 - decay) batches (a CCA of z_C against a kernel of z_M). Whitened, as a
+        linear probe is: z_C's spread spans three orders of magnitude over its directions, and the
+        motion shows in the narrow ones. The gradient is V's through this batch's moments as if
+        they were the running ones; trains E_C alone (z_M detached)."""
+        a = self._standard(z_c.float())
+        m = self._standard(z_m.detach().flatten(1).float())
+        f = (2 / self.RFF) ** 0.5 * torch.cos(m @ self.rff_w + self.rff_b)
+        f = f - f.mean(0)
+        B, n = a.shape
+        cov, cross = a.T @ a / B, a.T @ f / B                   # this batch's moments
+        if self.training:
+            d = self.cfg.dependence_memory
+            self.dep_cov.mul_(d).add_((1 - d) * cov.detach())
+            self.dep_cross.mul_(d).add_((1 - d) * cross.detach())
+            self.dep_fvar.mul_(d).add_((1 - d) * f.detach().pow(2).sum() / B)
+        s = self.dep_cov + 1e-3 * torch.eye(n, device=a.device)   # standardised: eigenvalues <= n
+        w = torch.linalg.solve(s, self.dep_cross)               # S^-1 C
+        value = (self.dep_cross * w).sum() / self.dep_fvar
+        push = (2 * (w * cross).sum() - (w @ w.T * cov).sum()) / self.dep_fvar
+        return push + (value - push).detach()
 
     def _critic_scores(self, z_m, z_c):
         """The critic's logits for each video's own pair (z_C^a, z_M^a), (B,), and for every pair of
