@@ -91,6 +91,9 @@ class Config:
                                 # and cross-covariance kept as running averages with this decay.
                                 # What a linear probe reads in a direction of z_C of little
                                 # variance, a batch measure or critic weighs by that variance
+    leak_weight: float = 0.0    # the whitened measure of dependence_memory (which it needs) the
+                                # other way, training E: how much of z_C a linear read of E's code
+                                # explains; what z_M holds of the look, E must drop
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
@@ -139,13 +142,15 @@ class Config:
              f"recon_scales must be in 1..{_levels(self.size) + 1} at size {self.size} (down to 4x4), "
              f"got {self.recon_scales}")
         need(self.content_ch >= 0, f"content_ch must be >= 0 (0: ch), got {self.content_ch}")
+        need(self.leak_weight == 0 or self.dependence_memory > 0,
+             f"leak_weight needs dependence_memory > 0 (the measure's decay), got {self.dependence_memory}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
         for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
                   "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
-                  "independence_weight", "dependence_weight",
+                  "independence_weight", "dependence_weight", "leak_weight",
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
                   "prior_components", "prior_temperature", "motion_noise"):
             need(getattr(self, k) >= 0, f"{k} must be >= 0, got {getattr(self, k)}")
@@ -652,6 +657,50 @@ def where_what_family(cfg):
     return WhereEncoder(cfg, pose), GlimpseEncoder(cfg, pose), CanvasGenerator(cfg, pose)
 
 
+class WhitenedDependence(nn.Module):
+    """How much a linear read of one code (the reader, (B, n)) explains of random Fourier features
+    (Rahimi & Recht, NeurIPS 2007) of another (the target, (B, m); a Gaussian kernel of bandwidth
+    sqrt(m) / 2), each standardised over the batch: the R^2 tr(C' S^-1 C) / tr(S_f), S the reader's
+    covariance, C the cross-covariance, S_f the features', all running averages over about
+    (1 + decay) / (1 - decay) batches (a linear CCA of the reader against a kernel of the target).
+    Whitened, as a linear probe is: a code's spread can span orders of magnitude over its
+    directions, and what it should not hold may show in the narrow ones, which a batch measure
+    weighs by their variance. The gradient, to the reader alone, is the R^2's through this batch's
+    moments as if they were the running ones. The moments are not saved: a resumed run measures
+    afresh within a few hundred steps."""
+
+    FEATURES = 256
+
+    def __init__(self, n, m, decay, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.decay = decay
+        self.register_buffer("w", torch.randn(m, self.FEATURES, generator=g) * 2 / m ** 0.5, persistent=False)
+        self.register_buffer("b", 2 * math.pi * torch.rand(self.FEATURES, generator=g), persistent=False)
+        self.register_buffer("cov", torch.eye(n), persistent=False)
+        self.register_buffer("cross", torch.zeros(n, self.FEATURES), persistent=False)
+        self.register_buffer("fvar", torch.ones(()), persistent=False)
+
+    def features(self, target):
+        f = (2 / self.FEATURES) ** 0.5 * torch.cos(MDBiGAN._standard(target.float()) @ self.w + self.b)
+        return f - f.mean(0)
+
+    def forward(self, reader, target):                          # (B, n) with gradients, (B, m)
+        a, f = MDBiGAN._standard(reader.float()), self.features(target.detach())
+        B, n = a.shape
+        cov, cross = a.T @ a / B, a.T @ f / B                   # this batch's moments
+        if self.training:
+            d = self.decay
+            self.cov.mul_(d).add_((1 - d) * cov.detach())
+            self.cross.mul_(d).add_((1 - d) * cross.detach())
+            self.fvar.mul_(d).add_((1 - d) * f.pow(2).sum() / B)
+        s = self.cov + 1e-3 * torch.eye(n, device=a.device)     # standardised: eigenvalues <= n
+        w = torch.linalg.solve(s, self.cross)                   # S^-1 C
+        value = (self.cross * w).sum() / self.fvar
+        push = (2 * (w * cross).sum() - (w @ w.T * cov).sum()) / self.fvar
+        return push + (value - push).detach()
+
+
 class GaussianMixture(nn.Module):
     """A density to draw codes from: k full-covariance Gaussians, fitted after training to the codes
     the encoders produce (ex-post density estimation, Ghosh et al. 2020). Until fitted, all k are
@@ -703,19 +752,13 @@ class MDBiGAN(nn.Module):
         self.critic = nn.Sequential(
             nn.Linear(cfg.dim_z_c + cfg.frames * cfg.dim_z_m, d), nn.LeakyReLU(0.2),
             nn.Linear(d, d), nn.LeakyReLU(0.2), nn.Linear(d, 1)) if cfg.independence_weight > 0 else None
-        if cfg.dependence_weight > 0 and cfg.dependence_memory > 0:
-            # fixed random Fourier features of the standardised z_M path (a Gaussian kernel of
-            # bandwidth sqrt(dim) / 2) and the running moments; not saved: a resumed run measures
-            # afresh within a few hundred steps
-            dim, g = cfg.frames * cfg.dim_z_m, torch.Generator().manual_seed(0)
-            self.register_buffer("rff_w", torch.randn(dim, self.RFF, generator=g) * 2 / dim ** 0.5,
-                                 persistent=False)
-            self.register_buffer("rff_b", 2 * math.pi * torch.rand(self.RFF, generator=g), persistent=False)
-            self.register_buffer("dep_cov", torch.eye(cfg.dim_z_c), persistent=False)
-            self.register_buffer("dep_cross", torch.zeros(cfg.dim_z_c, self.RFF), persistent=False)
-            self.register_buffer("dep_fvar", torch.ones(()), persistent=False)
+        # the whitened dependence measures (dependence_memory): z_M's path from z_C, for E_C; z_C
+        # from z_M's path, for E (leak_weight)
+        path, memory = cfg.frames * cfg.dim_z_m, cfg.dependence_memory
+        self.dependence = (WhitenedDependence(cfg.dim_z_c, path, memory)
+                           if cfg.dependence_weight > 0 and memory > 0 else None)
+        self.leak = WhitenedDependence(path, cfg.dim_z_c, memory, seed=1) if cfg.leak_weight > 0 else None
 
-    RFF = 256   # random Fourier features of z_M for dependence_memory
     DISCRIMINATORS = ("disc_image", "disc_video", "critic")   # training only: not in inference files
 
     @classmethod
@@ -873,13 +916,16 @@ class MDBiGAN(nn.Module):
                 with torch.no_grad():
                     zm_c = self._critic_motion(real[1], real[2])
         if self.cfg.dependence_weight > 0:
-            dep = (self._dependence_memory(zm_c, real[2]) if self.cfg.dependence_memory > 0
+            dep = (self.dependence(real[2], zm_c.flatten(1)) if self.dependence is not None
                    else self._dependence(zm_c, real[2]))
             terms["dep"] = (self.adv_scale(iteration) * self.cfg.dependence_weight, dep)
         if self.critic is not None:
             joint, apart = self._critic_scores(zm_c, real[2])
             terms["indep"] = (self.adv_scale(iteration) * self.cfg.independence_weight,
                               F.softplus(joint).mean() + F.softplus(-apart).mean())
+        if self.leak is not None:                               # E alone: z_C detached
+            terms["leak"] = (self.adv_scale(iteration) * self.cfg.leak_weight,
+                             self.leak(real[1].flatten(1), real[2].detach()))
         if self.prior_enc is not None:                          # trains the sampler and q only
             terms["prior"] = (self.cfg.prior_weight, self.prior_fit(real[1].detach()))
         total = sum(w * v for w, v in terms.values())
@@ -1000,31 +1046,6 @@ class MDBiGAN(nn.Module):
         h = torch.eye(B, device=k.device) - 1.0 / B
         k, l = h @ k @ h, h @ l @ h
         return (k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt().clamp_min(1e-12)
-
-    def _dependence_memory(self, z_m, z_c):
-        """R^2 of the best linear read, from z_C (B, dim_z_c), of random Fourier features of z_M
-        (B, T, dim_z_m), each standardised over the batch: tr(C' S^-1 C) / tr(S_f) with S z_C's
-        covariance, C the cross-covariance and S_f the features', running averages over about
-        (1 + decay) / (1 - decay) batches (a CCA of z_C against a kernel of z_M). Whitened, as a
-        linear probe is: z_C's spread spans three orders of magnitude over its directions, and the
-        motion shows in the narrow ones. The gradient is V's through this batch's moments as if
-        they were the running ones; trains E_C alone (z_M detached)."""
-        a = self._standard(z_c.float())
-        m = self._standard(z_m.detach().flatten(1).float())
-        f = (2 / self.RFF) ** 0.5 * torch.cos(m @ self.rff_w + self.rff_b)
-        f = f - f.mean(0)
-        B, n = a.shape
-        cov, cross = a.T @ a / B, a.T @ f / B                   # this batch's moments
-        if self.training:
-            d = self.cfg.dependence_memory
-            self.dep_cov.mul_(d).add_((1 - d) * cov.detach())
-            self.dep_cross.mul_(d).add_((1 - d) * cross.detach())
-            self.dep_fvar.mul_(d).add_((1 - d) * f.detach().pow(2).sum() / B)
-        s = self.dep_cov + 1e-3 * torch.eye(n, device=a.device)   # standardised: eigenvalues <= n
-        w = torch.linalg.solve(s, self.dep_cross)               # S^-1 C
-        value = (self.dep_cross * w).sum() / self.dep_fvar
-        push = (2 * (w * cross).sum() - (w @ w.T * cov).sum()) / self.dep_fvar
-        return push + (value - push).detach()
 
     def _critic_scores(self, z_m, z_c):
         """The critic's logits for each video's own pair (z_C^a, z_M^a), (B,), and for every pair of

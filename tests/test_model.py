@@ -562,42 +562,57 @@ def test_whitened_dependence_memory_sees_a_narrow_direction_and_trains_e_c_alone
     g = torch.Generator().manual_seed(0)
 
     def measure(shift, batches=400):
-        m.dep_cov.copy_(torch.eye(5))
-        m.dep_cross.zero_()
+        m.dependence.cov.copy_(torch.eye(5))
+        m.dependence.cross.zero_()
         for _ in range(batches):
             z_m, z_c = torch.randn(16, 2, 3, generator=g), torch.randn(16, 5, generator=g)
             z_c[:, 1] = z_c[:, 0] + 0.1 * z_c[:, 1] + shift * (z_m[:, 0, 0] > 0).float()
-            value = m._dependence_memory(z_m, z_c)
+            value = m.dependence(z_c, z_m.flatten(1))
         return value.item(), z_m, z_c
 
     floor, shared = measure(0.0)[0], measure(0.2)[0]
     assert shared > 3 * floor, (floor, shared)
-    assert not {"dep_cov", "dep_cross", "rff_w"} & set(m.state_dict())
+    assert not [k for k in m.state_dict() if k.startswith("dependence")]
     m.eval()
-    before = m.dep_cross.clone()
-    m._dependence_memory(torch.randn(16, 2, 3), torch.randn(16, 5))
-    assert torch.equal(m.dep_cross, before)
+    before = m.dependence.cross.clone()
+    m.dependence(torch.randn(16, 5), torch.randn(16, 6))
+    assert torch.equal(m.dependence.cross, before)
     m.train()
     # E_C alone, on real videos; then a code that follows the gradient reads less of the motion
     x = videos(cfg, B=4)
     assert "dep" in m.eg_loss(x)[1]
     m.zero_grad()
-    m._dependence_memory(m.encode_motion(x).detach(), m.encode_content(x)).backward()
+    m.dependence(m.encode_content(x), m.encode_motion(x).flatten(1)).backward()
     moved = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
     assert moved(m.enc_c) and not moved(m.enc) and not moved(m.gen)
     # its gradient: that of the measure over the running moments with this batch's taken in, / (1 - d)
     _, z_m, z_c = measure(0.3)
-    old = m.dep_cov.clone(), m.dep_cross.clone(), m.dep_fvar.clone()
+    old = m.dependence.cov.clone(), m.dependence.cross.clone(), m.dependence.fvar.clone()
     z_c = z_c.clone().requires_grad_()
-    (got,) = torch.autograd.grad(m._dependence_memory(z_m, z_c), z_c)
+    (got,) = torch.autograd.grad(m.dependence(z_c, z_m.flatten(1)), z_c)
     a, d = MDBiGAN._standard(z_c), cfg.dependence_memory
-    f = (2 / m.RFF) ** 0.5 * torch.cos(MDBiGAN._standard(z_m.flatten(1)) @ m.rff_w + m.rff_b)
+    f = (2 / 256) ** 0.5 * torch.cos(MDBiGAN._standard(z_m.flatten(1)) @ m.dependence.w + m.dependence.b)
     f = f - f.mean(0)
     cov, cross = d * old[0] + (1 - d) * a.T @ a / 16, d * old[1] + (1 - d) * a.T @ f / 16
-    exact = (cross * torch.linalg.solve(cov + 1e-3 * torch.eye(5), cross)).sum() / m.dep_fvar
+    exact = (cross * torch.linalg.solve(cov + 1e-3 * torch.eye(5), cross)).sum() / m.dependence.fvar
     (want,) = torch.autograd.grad(exact, z_c)
     torch.testing.assert_close(got * (1 - d), want, rtol=1e-3, atol=1e-7)
-    assert torch.allclose(m.dep_fvar, d * old[2] + (1 - d) * f.pow(2).sum() / 16)
+    assert torch.allclose(m.dependence.fvar, d * old[2] + (1 - d) * f.pow(2).sum() / 16)
+
+
+def test_leak_measure_trains_e_alone_and_needs_the_memory():
+    """leak_weight: the same whitened measure of z_C read from E's code; its term moves E alone
+    (z_C detached), and without dependence_memory's decay the config is refused."""
+    cfg = replace(TINY, dependence_weight=1.0, dependence_memory=0.99, leak_weight=1.0)
+    torch.manual_seed(0)
+    m, x = MDBiGAN(cfg).train(), videos(cfg, B=4)
+    assert "leak" in m.eg_loss(x)[1]
+    m.zero_grad()
+    m.leak(m.encode_motion(x).flatten(1), m.encode_content(x)).backward()
+    moved = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
+    assert moved(m.enc) and not moved(m.enc_c) and not moved(m.gen)
+    with pytest.raises(ValueError, match="leak_weight needs dependence_memory"):
+        replace(TINY, leak_weight=1.0).validate()
 
 
 def test_critic_on_swapped_codes_leaves_out_the_pairs_that_share_a_look():
