@@ -685,6 +685,8 @@ class WhitenedDependence(nn.Module):
         f = (2 / self.FEATURES) ** 0.5 * torch.cos(MDBiGAN._standard(target.float()) @ self.w + self.b)
         return f - f.mean(0)
 
+    @torch.autocast("cuda", enabled=False)   # fp32: a bf16 covariance cannot whiten across three
+    @torch.autocast("cpu", enabled=False)    # orders of magnitude
     def forward(self, reader, target):                          # (B, n) with gradients, (B, m)
         a, f = MDBiGAN._standard(reader.float()), self.features(target.detach())
         B, n = a.shape

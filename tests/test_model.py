@@ -554,7 +554,7 @@ def test_whitened_dependence_memory_sees_a_narrow_direction_and_trains_e_c_alone
     """dependence_memory: over a few hundred batches of 16, a shift of z_C by the sign of a motion
     number in a narrow direction of z_C (under 1 % of its variance, which a linear probe reads) is
     seen several times over the measure's floor for independent codes; the running moments move
-    in training only and are not saved; the term moves E_C alone, along the gradient of the
+    in training only, in fp32 under bf16 autocast, and are not saved; the term moves E_C alone, along the gradient of the
     measure over many batches."""
     cfg = replace(TINY, frames=2, dim_z_m=3, dim_z_c=5, dependence_weight=1.0, dependence_memory=0.99)
     torch.manual_seed(0)
@@ -575,8 +575,19 @@ def test_whitened_dependence_memory_sees_a_narrow_direction_and_trains_e_c_alone
     assert not [k for k in m.state_dict() if k.startswith("dependence")]
     m.eval()
     before = m.dependence.cross.clone()
-    m.dependence(torch.randn(16, 5), torch.randn(16, 6))
+    z_c, z_m = torch.randn(16, 5), torch.randn(16, 6)
+    m.dependence(z_c, z_m)
     assert torch.equal(m.dependence.cross, before)
+    m.train()               # CUDA training's autocast: the moments stay fp32 inside
+    saved = {k: v.clone() for k, v in m.dependence.named_buffers()}
+    m.dependence(z_c, z_m)
+    want = m.dependence.cov.clone()
+    for k, v in m.dependence.named_buffers():
+        v.copy_(saved[k])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.dependence(z_c, z_m)
+    torch.testing.assert_close(m.dependence.cov, want, rtol=1e-6, atol=1e-7)
+    m.eval()
     m.train()
     # E_C alone, on real videos; then a code that follows the gradient reads less of the motion
     x = videos(cfg, B=4)
@@ -906,7 +917,11 @@ def test_pretrained_model_generates(name):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(structured=True, prior_weight=1.0, sampler_hidden=6),
-                                dict(warp=True)], ids=["conv", "where-what-with-prior", "warp"])
+                                dict(warp=True),
+                                dict(warp=True, pose_picture=True, swap_weight=1.0, independence_weight=1.0,
+                                     independence_codes="swap", dependence_weight=1.0,
+                                     dependence_memory=0.9, leak_weight=1.0)],
+                         ids=["conv", "where-what-with-prior", "warp", "generic"])
 def test_losses_under_bf16_autocast(kw):
     """Training on CUDA runs under bf16 autocast: every loss works there (the recurrence and the
     canvas geometry stay in fp32); checked with the CPU's bf16 autocast."""
