@@ -66,18 +66,21 @@ PRESETS = {
     "structured32": replace(STRUCTURED64, about="the same model at 32x32 for a 2-core CPU; the CPU default",
                             config=replace(STRUCTURED64.config, size=32, ch=16, ch_max=64, d_hidden=128),
                             batch_size=16, max_steps=3000, minutes=20),
-    # the conv family for any motion: G deforms one picture per video, drawn from the middle
-    # frame's content and rebuilt from that frame outward first; a narrow, noisy motion code
-    # centred over the video and read alike whatever moves (the swap cycle); weak adversarial
-    # terms warmed up, no latent term (docs/model.md); the structured presets' schedule and
-    # sampling priors
+    # the conv family for any motion: G deforms a picture drawn per frame from z_C (the middle
+    # frame's content) and z_M(t), rebuilt from that frame outward first; a narrow, noisy motion
+    # code centred over the video and read alike whatever moves (the swap cycle); z_C kept apart
+    # from the motion by a critic and a whitened dependence measure, z_M from the look by the
+    # same measure; weak adversarial terms warmed up, no latent term (docs/model.md); the
+    # structured presets' schedule and sampling priors
     "generic32": replace(STRUCTURED64, about="conv E/G for any motion at 32x32; on a CPU",
                          config=replace(STRUCTURED64.config, structured=False, size=32, ch=16, ch_max=64,
                                         d_hidden=128, dim_z_m=4, dim_z_c=32, motion_noise=0.05,
                                         adv_weight=0.02, adv_warmup=1000, latent_weight=0.0, warp=True,
                                         centre_motion=True, swap_weight=1.0, content_frame="middle",
                                         recon_warmup=1000, pose_picture=True, independence_weight=2.0,
-                                        independence_codes="swap", colour_jitter=0.9, content_ch=32),
+                                        independence_codes="swap", dependence_weight=0.5,
+                                        dependence_memory=0.99, leak_weight=0.5, colour_jitter=0.9,
+                                        content_ch=32),
                          batch_size=16, max_steps=3000, minutes=60),
     "generic64": replace(STRUCTURED64, about="conv E/G for any motion at 64x64; on a GPU",
                          config=replace(STRUCTURED64.config, structured=False, dim_z_m=4, dim_z_c=32,
@@ -85,6 +88,7 @@ PRESETS = {
                                         latent_weight=0.0, warp=True, centre_motion=True, swap_weight=1.0,
                                         content_frame="middle", recon_warmup=1000, pose_picture=True,
                                         independence_weight=2.0, independence_codes="swap",
+                                        dependence_weight=0.5, dependence_memory=0.99, leak_weight=0.5,
                                         colour_jitter=0.9, content_ch=64),
                          batch_size=128),
     "paper": Preset("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
