@@ -77,10 +77,11 @@ class Config:
                                 # ratio trick; DRNET's adversary, turned on z_C): what E reads as
                                 # the motion (a facing, an action) cannot stay in z_C, and G must
                                 # draw it from z_M; trains E_C alone
-    independence_codes: str = "real"  # the z_M the critic and CKA pair with z_C: "real", E's reading of
-                                # the video; "swap", E's reading of G(z_C of another video, z_M):
-                                # the same motion with another video's look, so that what z_M
-                                # holds of the look is not what the critic asks E_C to drop
+    independence_codes: str = "real"  # the z_M the critic and dependence_weight's measure set beside
+                                # z_C: "real", E's reading of the video; "swap", E's reading of
+                                # G(z_C of another video, z_M): the same motion with another
+                                # video's look, so that what z_M holds of the look is not what
+                                # the critic asks E_C to drop
     dependence_weight: float = 0.0  # CKA (normalised HSIC) between z_C under a linear kernel and
                                 # z_M (all frames) under a Gaussian one, on E_C alone: no linear
                                 # read of z_C may follow any smooth function of the motion, the
