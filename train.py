@@ -82,21 +82,17 @@ PRESETS = {
                                         dependence_memory=0.99, leak_weight=0.5, colour_jitter=0.9,
                                         content_ch=32),
                          batch_size=16, max_steps=3000, minutes=60),
-    "generic64": replace(STRUCTURED64, about="conv E/G for any motion at 64x64; on a GPU",
-                         config=replace(STRUCTURED64.config, structured=False, dim_z_m=4, dim_z_c=32,
-                                        motion_noise=0.05, adv_weight=0.02, adv_warmup=1000,
-                                        latent_weight=0.0, warp=True, centre_motion=True, swap_weight=1.0,
-                                        content_frame="middle", recon_warmup=1000, pose_picture=True,
-                                        independence_weight=2.0, independence_codes="swap",
-                                        dependence_weight=0.5, dependence_memory=0.99, leak_weight=0.5,
-                                        colour_jitter=0.9, content_ch=64),
-                         batch_size=128),
     "paper": Preset("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
                     batch_size=32, max_steps=20_000, minutes=0),
     "tiny": Preset("a few seconds: tests and smoke runs",
                    Config(frames=4, size=16, dim_z_c=8, dim_z_m=4, dim_eps=4, ch=4, ch_max=8, d_hidden=16),
                    batch_size=4, max_steps=4, minutes=0),
 }
+# one place for the generic model's mechanisms: 64x64 changes only the sizes
+PRESETS["generic64"] = replace(STRUCTURED64, about="conv E/G for any motion at 64x64; on a GPU",
+                               config=replace(PRESETS["generic32"].config, size=64, ch=32, ch_max=128,
+                                              d_hidden=256, content_ch=64),
+                               batch_size=128)
 ALIASES = {"gpu": "structured64", "cpu": "structured32"}
 # settings a resumed run takes from its checkpoint, and may not change
 FIXED = ("preset", "variant", "batch_size", "seed", "set", "frames")
