@@ -43,8 +43,6 @@ class Config:
     content_ch: int = 0         # conv family: E_C's and G's base channel count (their cap scaled
                                 # alike); 0: ch. They read and draw every colour of the object; E
                                 # (every frame) and the discriminators keep ch
-    content_enc_ch: int = 0     # conv family: E_C's alone (0: content_ch). E_C reads one frame
-                                # per video, so its width costs little beside G's and E's
     d_hidden: int = 256         # width of the discriminators' feature and joint layers
     loss: str = "hinge"         # "hinge" (BigBiGAN) or "bce" (non-saturating, as the authors)
     unary: bool = True          # BigBiGAN unary scores for x alone and z alone
@@ -122,11 +120,6 @@ class Config:
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
     centre_motion: bool = False # conv family: E's codes are centred over each video before the
                                 # tanh, so a per-video constant (which digit) cannot pass (DBSE)
-    motion_pairs: bool = False  # conv family: E reads each frame beside the video's middle frame
-                                # (2C channels), so z_M can say how the frame differs from it (a
-                                # turn's angle) instead of guessing each frame's absolute pose from
-                                # its shape; what the middle frame adds alike to every frame's code,
-                                # centre_motion takes out again
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
@@ -150,7 +143,6 @@ class Config:
              f"recon_scales must be in 1..{_levels(self.size) + 1} at size {self.size} (down to 4x4), "
              f"got {self.recon_scales}")
         need(self.content_ch >= 0, f"content_ch must be >= 0 (0: ch), got {self.content_ch}")
-        need(self.content_enc_ch >= 0, f"content_enc_ch must be >= 0 (0: content_ch), got {self.content_enc_ch}")
         need(self.leak_weight == 0 or self.dependence_memory > 0,
              f"leak_weight needs dependence_memory > 0 (the measure's decay), got {self.dependence_memory}")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
@@ -355,8 +347,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, cfg, dim_out, pool_time):
         super().__init__()
-        self.pairs = cfg.motion_pairs and not pool_time
-        self.convs, c = conv_stack(cfg, cfg.channels * (2 if self.pairs else 1))
+        self.convs, c = conv_stack(cfg, cfg.channels)
         self.fc = nn.Linear(c * 16, dim_out)
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
@@ -365,8 +356,6 @@ class ConvEncoder(nn.Module):
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         if self.middle:
             x = x[:, x.shape[1] // 2][:, None]
-        if self.pairs:                                          # (B, T, 2C, S, S)
-            x = torch.cat([x, x[:, x.shape[1] // 2][:, None].expand_as(x)], 2)
         B, T = x.shape[:2]
         h = self.convs(x.flatten(0, 1)).flatten(1)             # (B*T, c*16)
         if self.pool_time:
@@ -457,11 +446,8 @@ class WarpGenerator(nn.Module):
 def conv_family(cfg):
     """(E, E_C, G) of the paper, E_C as the paper's E with a mean over time or the middle frame
     (beyond the paper); with cfg.warp, G deforms one picture per video (WarpGenerator)."""
-    def widened(ch):
-        return replace(cfg, ch=ch, ch_max=cfg.ch_max * ch // cfg.ch) if ch else cfg
-    wide = widened(cfg.content_ch)
-    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False),
-            ConvEncoder(widened(cfg.content_enc_ch or cfg.content_ch), cfg.dim_z_c, pool_time=True),
+    wide = replace(cfg, ch=cfg.content_ch, ch_max=cfg.ch_max * cfg.content_ch // cfg.ch) if cfg.content_ch else cfg
+    return (ConvEncoder(cfg, cfg.dim_z_m, pool_time=False), ConvEncoder(wide, cfg.dim_z_c, pool_time=True),
             WarpGenerator(wide) if cfg.warp else ConvGenerator(wide))
 
 

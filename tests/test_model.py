@@ -370,28 +370,6 @@ def test_content_ch_widens_the_content_path_alone():
     for name in ("enc", "disc_image", "disc_video"):
         assert count(getattr(wide, name)) == count(getattr(base, name))
     assert wide.gen.draw.net[2].out_channels == 2 * base.gen.draw.net[2].out_channels
-    # content_enc_ch widens E_C alone, over content_ch
-    wider = MDBiGAN(replace(TINY, warp=True, content_ch=2 * TINY.ch, content_enc_ch=4 * TINY.ch))
-    assert count(wider.enc_c) > count(wide.enc_c) and count(wider.gen) == count(wide.gen)
-    assert wider.enc_c.convs[0].out_channels == 4 * TINY.ch
-
-
-def test_motion_pairs_reads_each_frame_beside_the_middle_one():
-    """With motion_pairs, E's code of a frame depends on the video's middle frame too (it reads
-    the pair), whatever the frame; E_C is unchanged; any T works (the middle of T)."""
-    cfg = replace(TINY, warp=True, centre_motion=False, motion_pairs=True)
-    torch.manual_seed(0)
-    model = MDBiGAN(cfg)
-    assert model.enc.convs[0].in_channels == 2 * cfg.channels
-    assert model.enc_c.convs[0].in_channels == cfg.channels
-    x = torch.rand(2, cfg.frames, cfg.channels, cfg.size, cfg.size)
-    y = x.clone()
-    y[:, cfg.frames // 2] = 1 - y[:, cfg.frames // 2]            # only the middle frame changed
-    a, b = model.encode_motion(x), model.encode_motion(y)
-    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-4               # frame 0's code reads it
-    plain = MDBiGAN(replace(cfg, motion_pairs=False))
-    torch.testing.assert_close(plain.encode_motion(x)[:, 0], plain.encode_motion(y)[:, 0])
-    assert model.enc(x[:, :3] * 2 - 1).shape == (2, 3, cfg.dim_z_m)
 
 
 def test_multiscale_reconstruction_adds_the_coarse_scales_errors():
