@@ -54,9 +54,9 @@ class Config:
     recon_warmup: int = 0       # training steps over which that MSE spreads from the middle frame
                                 # to every frame (0: every frame from the start)
     recon_scales: int = 1       # that MSE summed over this many scales, each frame average-pooled
-                                # 2x more at each: a turn too far off for thin strokes to overlap
-                                # still shows, and pulls, at a coarse scale (coarse-to-fine
-                                # registration)
+                                # 2x more at each: a small region's colour (a character's trousers)
+                                # weighs more than its few pixels, and a shift too far off for thin
+                                # strokes to overlap still shows at a coarse scale
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
                                 # the same motion whatever the content that moves (warmed up

@@ -70,8 +70,9 @@ PRESETS = {
     # frame's content) and z_M(t), rebuilt from that frame outward first; a narrow, noisy motion
     # code centred over the video and read alike whatever moves (the swap cycle); z_C kept apart
     # from the motion by a critic and a whitened dependence measure, z_M from the look by the
-    # same measure; weak adversarial terms warmed up, no latent term (docs/model.md); the
-    # structured presets' schedule and sampling priors
+    # same measure; the reconstruction's error at three scales, so that a small region's colour
+    # weighs more than its pixels; weak adversarial terms warmed up, no latent term
+    # (docs/model.md); the structured presets' schedule and sampling priors
     "generic32": replace(STRUCTURED64, about="conv E/G for any motion at 32x32; on a CPU",
                          config=replace(STRUCTURED64.config, structured=False, size=32, ch=16, ch_max=64,
                                         d_hidden=128, dim_z_m=4, dim_z_c=32, motion_noise=0.05,
@@ -80,7 +81,7 @@ PRESETS = {
                                         recon_warmup=1000, pose_picture=True, independence_weight=2.0,
                                         independence_codes="swap", dependence_weight=0.5,
                                         dependence_memory=0.99, leak_weight=0.5, colour_jitter=0.9,
-                                        content_ch=32),
+                                        content_ch=32, recon_scales=3),
                          batch_size=16, max_steps=3000, minutes=60),
     "paper": Preset("the paper's conv E and G at its sizes, with the fixes of docs/model.md", Config(),
                     batch_size=32, max_steps=20_000, minutes=0),

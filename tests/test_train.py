@@ -42,7 +42,7 @@ def test_generic32_preset_trains_and_its_model_generates(tmp_path, mnist_dir):
     model = MDBiGAN.from_checkpoint(str(tmp_path / "model.pt"))
     assert model.cfg.warp and model.cfg.centre_motion and not model.cfg.structured
     assert model.cfg.pose_picture and model.cfg.independence_weight > 0 and model.cfg.content_ch > model.cfg.ch
-    assert model.cfg.independence_codes == "swap"
+    assert model.cfg.independence_codes == "swap" and model.cfg.recon_scales == 3
     with torch.no_grad():
         v = model.generate(*model.sample(2))
     assert v.shape == (2, 20, 1, 32, 32) and torch.isfinite(v).all()
