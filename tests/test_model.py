@@ -587,8 +587,6 @@ def test_whitened_dependence_memory_sees_a_narrow_direction_and_trains_e_c_alone
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.dependence(z_c, z_m)
     torch.testing.assert_close(m.dependence.cov, want, rtol=1e-6, atol=1e-7)
-    m.eval()
-    m.train()
     # E_C alone, on real videos; then a code that follows the gradient reads less of the motion
     x = videos(cfg, B=4)
     assert "dep" in m.eg_loss(x)[1]
