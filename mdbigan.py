@@ -120,6 +120,10 @@ class Config:
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
     centre_motion: bool = False # conv family: E's codes are centred over each video before the
                                 # tanh, so a per-video constant (which digit) cannot pass (DBSE)
+    motion_context: bool = False  # conv family: E's code of a frame also reads the video's other
+                                # frames through a bidirectional GRU (DSVAE's and C-DSVAE's
+                                # dynamic encoder): which way a turn goes is in how the frames
+                                # change, and one turned frame of a 1, 0 or 8 does not tell it
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
@@ -352,6 +356,14 @@ class ConvEncoder(nn.Module):
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
         self.middle = pool_time and cfg.content_frame == "middle"
+        self.context = None
+        if cfg.motion_context and not pool_time:
+            self.context_in = nn.Sequential(nn.Linear(c * 16, cfg.d_hidden), nn.LeakyReLU(0.2))
+            self.context = nn.GRU(cfg.d_hidden, cfg.d_hidden // 2, batch_first=True, bidirectional=True)
+            self.context_out = nn.Linear(2 * (cfg.d_hidden // 2), dim_out)
+            # added to the per-frame code from 0: E starts as the per-frame E and learns to look along time
+            nn.init.zeros_(self.context_out.weight)
+            nn.init.zeros_(self.context_out.bias)
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         if self.middle:
@@ -361,6 +373,8 @@ class ConvEncoder(nn.Module):
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
         a = self.fc(h).view(B, T, -1)
+        if self.context is not None:
+            a = a + self.context_out(self.context(self.context_in(h).view(B, T, -1))[0])
         if self.centre:
             a = a - a.mean(1, keepdim=True)
         return torch.tanh(a)                                    # (B, T, dim_out), the GRU's range

@@ -407,6 +407,28 @@ def test_centred_motion_code_holds_nothing_constant_over_a_video():
     torch.testing.assert_close(still, torch.zeros_like(still), atol=1e-6, rtol=0)
 
 
+def test_motion_context_starts_per_frame_and_learns_to_read_other_frames():
+    """With motion_context, E starts as the per-frame E (its GRU's read is added from 0); once its
+    weights move, a frame's code depends on the other frames; E reads videos of any length."""
+    cfg = replace(TINY, frames=6)
+    torch.manual_seed(0)
+    plain = MDBiGAN(cfg).eval()
+    torch.manual_seed(0)
+    ctx = MDBiGAN(replace(cfg, motion_context=True)).eval()
+    ctx.enc.load_state_dict(plain.enc.state_dict(), strict=False)   # the same convs and fc
+    x = videos(cfg, B=3)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx.encode_motion(x), plain.encode_motion(x))
+        torch.nn.init.normal_(ctx.enc.context_out.weight, std=0.5)
+        y = x.clone()
+        y[:, 0] = 1 - y[:, 0]                                    # only frame 0 changes
+        a, b = ctx.encode_motion(x), ctx.encode_motion(y)
+        assert (a[:, 3] - b[:, 3]).abs().amax() > 1e-4          # yet frame 3's code does
+        p, q = plain.encode_motion(x), plain.encode_motion(y)
+        torch.testing.assert_close(p[:, 3], q[:, 3])             # per frame: it does not
+        assert ctx.enc(videos(replace(cfg, frames=9), B=2)).shape == (2, 9, cfg.dim_z_m)
+
+
 def test_swap_cycle_trains_e_alone_on_a_swapped_video():
     """The swap term is |E(G(z_C of the next video, z_M)) - z_M| on real codes, and of all the
     networks it trains E alone: G draws the swap without gradients, the codes are its targets."""
