@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import SMALL, TINY, run_copied_alone
 import mdbigan
-from mdbigan import Config, MDBiGAN, gru_feedback_torch
+from mdbigan import Config, MDBiGAN, _blur, gru_feedback_torch
 
 
 def videos(cfg, B=3, seed=0):
@@ -391,6 +391,32 @@ def test_multiscale_reconstruction_adds_the_coarse_scales_errors():
     torch.testing.assert_close(rec, want)
     with pytest.raises(ValueError, match="recon_scales"):
         replace(TINY, recon_scales=4).validate()                 # 16x16 -> 4x4 is 3 scales
+
+
+def test_blurred_reconstruction_compares_blurred_frames_and_fades_out():
+    """recon_blur = s: the reconstruction's error is that of both videos blurred by a Gaussian of
+    std s * (1 - step / recon_blur_steps) pixels, and the plain error from recon_blur_steps on;
+    the blur keeps a frame's ink (black outside it) and spreads a dot as a Gaussian of that std."""
+    cfg = replace(TINY, warp=True, recon_blur=2.0, recon_blur_steps=100)
+    torch.manual_seed(0)
+    m = MDBiGAN(cfg)
+    x = videos(cfg, B=2) * 2 - 1
+    z_m, z_c = m.enc(x), m.enc_c(x, m.enc(x))
+    x_rec = m.gen(z_c, z_m)
+    for step, sigma in ((0, 2.0), (50, 1.0), (100, 0.0), (None, 0.0)):
+        assert m.blur_sigma(step) == sigma
+        got = m._reconstruction(x, z_m, z_c, iteration=step)["rec"][1]
+        a, b = (x_rec, x) if sigma == 0 else (_blur(x_rec, sigma), _blur(x, sigma))
+        want = (a - b).pow(2).sum(2).mean((2, 3))
+        w = m.frame_weights(step, cfg.frames)
+        torch.testing.assert_close(got, (want if w is None else want * w).mean())
+    dot = -torch.ones(1, 1, 1, 16, 16)
+    dot[..., 8, 8] = 1
+    blurred = _blur(dot, 1.5) + 1                                 # ink: 2 at the dot
+    torch.testing.assert_close(blurred.sum(), torch.tensor(2.0))
+    ys = torch.arange(16.0)[:, None].expand(16, 16)
+    var = (blurred[0, 0, 0] * (ys - 8) ** 2).sum() / blurred.sum()
+    torch.testing.assert_close(var, torch.tensor(1.5 ** 2), rtol=0.02, atol=0)
 
 
 def test_centred_motion_code_holds_nothing_constant_over_a_video():
