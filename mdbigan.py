@@ -57,11 +57,6 @@ class Config:
                                 # 2x more at each: a small region's colour (a character's trousers)
                                 # weighs more than its few pixels, and a shift too far off for thin
                                 # strokes to overlap still shows at a coarse scale
-    recon_blur: float = 0.0     # that MSE between the frames blurred by a Gaussian of this std in
-                                # pixels at the start, shrinking to 0 over recon_blur_steps: a turn
-                                # too far for thin strokes to overlap still overlaps when blurred
-                                # (coarse-to-fine, as image registration finds a large motion)
-    recon_blur_steps: int = 1000
     latent_weight: float = 1.0  # L1 of E(G(z)) vs z_M and E_C(G(z)) vs z_C
     swap_weight: float = 0.0    # L1 of E(G(z_C of video b, z_M of video a)) vs z_M of a: E reads
                                 # the same motion whatever the content that moves (warmed up
@@ -125,10 +120,6 @@ class Config:
     motion_noise: float = 0.0   # std of Gaussian noise on z_M when rebuilding: a narrow code
     centre_motion: bool = False # conv family: E's codes are centred over each video before the
                                 # tanh, so a per-video constant (which digit) cannot pass (DBSE)
-    motion_context: bool = False  # conv family: E's code of a frame also reads the video's other
-                                # frames through a bidirectional GRU (DSVAE's and C-DSVAE's
-                                # dynamic encoder): which way a turn goes is in how the frames
-                                # change, and one turned frame of a 1, 0 or 8 does not tell it
     warp: bool = False          # conv family: G moves one picture per video (drawn from z_C) along
                                 # a flow field (from z_M) instead of drawing each frame from both
     content_frame: str = "all"  # conv family: E_C reads "all" frames (a mean over time) or only the
@@ -158,7 +149,7 @@ class Config:
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
             need(getattr(self, k) > 0, f"{k} must be > 0, got {getattr(self, k)}")
-        for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "recon_blur", "recon_blur_steps", "latent_weight",
+        for k in ("adv_weight", "adv_warmup", "recon_weight", "recon_warmup", "latent_weight",
                   "swap_weight", "content_swap_weight", "swap_g_weight", "decorrelate_weight",
                   "independence_weight", "dependence_weight", "leak_weight",
                   "colour_jitter", "centre_weight", "anchor_weight", "prior_weight", "sampler_hidden",
@@ -266,19 +257,6 @@ def conv_stack(cfg, in_ch, sn=False, dims=2, levels=None):
     return nn.Sequential(*layers), c
 
 
-def _blur(x, sigma):
-    """Frames (..., C, S, S) in [-1, 1] blurred by a Gaussian of std sigma pixels; outside the frame
-    is black, as the warp's."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    shape, C = x.shape, x.shape[-3]
-    y = (x.reshape(-1, C, *shape[-2:]) + 1)
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), padding=(0, r), groups=C)
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), padding=(r, 0), groups=C)
-    return (y - 1).view(shape)
-
-
 def _norm(c):
     # GroupNorm, not BatchNorm: G then behaves the same in train and eval mode, at any batch
     return nn.GroupNorm(min(8, c // 2) or 1, c)
@@ -374,14 +352,6 @@ class ConvEncoder(nn.Module):
         self.pool_time = pool_time
         self.centre = cfg.centre_motion and not pool_time
         self.middle = pool_time and cfg.content_frame == "middle"
-        self.context = None
-        if cfg.motion_context and not pool_time:
-            self.context_in = nn.Sequential(nn.Linear(c * 16, cfg.d_hidden), nn.LeakyReLU(0.2))
-            self.context = nn.GRU(cfg.d_hidden, cfg.d_hidden // 2, batch_first=True, bidirectional=True)
-            self.context_out = nn.Linear(2 * (cfg.d_hidden // 2), dim_out)
-            # added to the per-frame code from 0: E starts as the per-frame E and learns to look along time
-            nn.init.zeros_(self.context_out.weight)
-            nn.init.zeros_(self.context_out.bias)
 
     def forward(self, x, z_m=None):                             # z_m: unused, the interface's
         if self.middle:
@@ -391,8 +361,6 @@ class ConvEncoder(nn.Module):
         if self.pool_time:
             return self.fc(h.view(B, T, -1).mean(1))            # (B, dim_out)
         a = self.fc(h).view(B, T, -1)
-        if self.context is not None:
-            a = a + self.context_out(self.context(self.context_in(h).view(B, T, -1))[0])
         if self.centre:
             a = a - a.mean(1, keepdim=True)
         return torch.tanh(a)                                    # (B, T, dim_out), the GRU's range
@@ -995,12 +963,6 @@ class MDBiGAN(nn.Module):
         w = torch.exp(-0.5 * (t / sigma) ** 2)
         return w / w.mean()
 
-    def blur_sigma(self, iteration):
-        """The reconstruction's blur in pixels at this training step (0 once it is over)."""
-        if not self.cfg.recon_blur or iteration is None or iteration >= self.cfg.recon_blur_steps:
-            return 0.0
-        return self.cfg.recon_blur * (1 - iteration / self.cfg.recon_blur_steps)
-
     def _reconstruction(self, x, z_m, z_c, iteration=None):
         """{name: (weight, term)}: |G(E_C(x), E(x)) - x|^2 (its frames weighed by frame_weights
         while it warms up) and the family's penalties."""
@@ -1011,9 +973,6 @@ class MDBiGAN(nn.Module):
         if self.cfg.recon_weight > 0:
             # per pixel, summed over channels: a red digit's ink lies in one channel of three, and
             # a mean over them weighed a colour digit's error a third to two thirds of a grey one's
-            sigma = self.blur_sigma(iteration)
-            if sigma > 0:
-                x_rec, x = _blur(x_rec, sigma), _blur(x, sigma)
             err = (x_rec - x).pow(2).sum(2).mean((2, 3))       # (B, T)
             a, b = x_rec.flatten(0, 1), x.flatten(0, 1)
             for _ in range(self.cfg.recon_scales - 1):

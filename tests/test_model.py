@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import SMALL, TINY, run_copied_alone
 import mdbigan
-from mdbigan import Config, MDBiGAN, _blur, gru_feedback_torch
+from mdbigan import Config, MDBiGAN, gru_feedback_torch
 
 
 def videos(cfg, B=3, seed=0):
@@ -393,32 +393,6 @@ def test_multiscale_reconstruction_adds_the_coarse_scales_errors():
         replace(TINY, recon_scales=4).validate()                 # 16x16 -> 4x4 is 3 scales
 
 
-def test_blurred_reconstruction_compares_blurred_frames_and_fades_out():
-    """recon_blur = s: the reconstruction's error is that of both videos blurred by a Gaussian of
-    std s * (1 - step / recon_blur_steps) pixels, and the plain error from recon_blur_steps on;
-    the blur keeps a frame's ink (black outside it) and spreads a dot as a Gaussian of that std."""
-    cfg = replace(TINY, warp=True, recon_blur=2.0, recon_blur_steps=100)
-    torch.manual_seed(0)
-    m = MDBiGAN(cfg)
-    x = videos(cfg, B=2) * 2 - 1
-    z_m, z_c = m.enc(x), m.enc_c(x, m.enc(x))
-    x_rec = m.gen(z_c, z_m)
-    for step, sigma in ((0, 2.0), (50, 1.0), (100, 0.0), (None, 0.0)):
-        assert m.blur_sigma(step) == sigma
-        got = m._reconstruction(x, z_m, z_c, iteration=step)["rec"][1]
-        a, b = (x_rec, x) if sigma == 0 else (_blur(x_rec, sigma), _blur(x, sigma))
-        want = (a - b).pow(2).sum(2).mean((2, 3))
-        w = m.frame_weights(step, cfg.frames)
-        torch.testing.assert_close(got, (want if w is None else want * w).mean())
-    dot = -torch.ones(1, 1, 1, 16, 16)
-    dot[..., 8, 8] = 1
-    blurred = _blur(dot, 1.5) + 1                                 # ink: 2 at the dot
-    torch.testing.assert_close(blurred.sum(), torch.tensor(2.0))
-    ys = torch.arange(16.0)[:, None].expand(16, 16)
-    var = (blurred[0, 0, 0] * (ys - 8) ** 2).sum() / blurred.sum()
-    torch.testing.assert_close(var, torch.tensor(1.5 ** 2), rtol=0.02, atol=0)
-
-
 def test_centred_motion_code_holds_nothing_constant_over_a_video():
     """With centre_motion, E's code before the tanh has mean 0 over each video, and a video whose
     frames are all the same (whatever they show) has z_M = 0 at every frame."""
@@ -431,28 +405,6 @@ def test_centred_motion_code_holds_nothing_constant_over_a_video():
     assert z.abs().amax() > 1e-3                                # the frames differ: codes do too
     torch.testing.assert_close(torch.atanh(z).mean(1), torch.zeros(4, cfg.dim_z_m), atol=1e-5, rtol=0)
     torch.testing.assert_close(still, torch.zeros_like(still), atol=1e-6, rtol=0)
-
-
-def test_motion_context_starts_per_frame_and_learns_to_read_other_frames():
-    """With motion_context, E starts as the per-frame E (its GRU's read is added from 0); once its
-    weights move, a frame's code depends on the other frames; E reads videos of any length."""
-    cfg = replace(TINY, frames=6)
-    torch.manual_seed(0)
-    plain = MDBiGAN(cfg).eval()
-    torch.manual_seed(0)
-    ctx = MDBiGAN(replace(cfg, motion_context=True)).eval()
-    ctx.enc.load_state_dict(plain.enc.state_dict(), strict=False)   # the same convs and fc
-    x = videos(cfg, B=3)
-    with torch.no_grad():
-        torch.testing.assert_close(ctx.encode_motion(x), plain.encode_motion(x))
-        torch.nn.init.normal_(ctx.enc.context_out.weight, std=0.5)
-        y = x.clone()
-        y[:, 0] = 1 - y[:, 0]                                    # only frame 0 changes
-        a, b = ctx.encode_motion(x), ctx.encode_motion(y)
-        assert (a[:, 3] - b[:, 3]).abs().amax() > 1e-4          # yet frame 3's code does
-        p, q = plain.encode_motion(x), plain.encode_motion(y)
-        torch.testing.assert_close(p[:, 3], q[:, 3])             # per frame: it does not
-        assert ctx.enc(videos(replace(cfg, frames=9), B=2)).shape == (2, 9, cfg.dim_z_m)
 
 
 def test_swap_cycle_trains_e_alone_on_a_swapped_video():
