@@ -95,10 +95,6 @@ class Config:
     leak_weight: float = 0.0    # the whitened measure of dependence_memory (which it needs) the
                                 # other way, training E: how much of z_C a linear read of E's code
                                 # explains; what z_M holds of the look, E must drop
-    leak_linear: bool = False   # the leak measure's target is z_C itself (standardised) beside its
-                                # random Fourier features, weighed alike: a linear probe reads the
-                                # look along z_C's own directions, which the kernel's features
-                                # carry at about exp(-2) of their amplitude
     colour_jitter: float = 0.0  # E reads, in training, each video with its channels shuffled and
                                 # scaled by gains in [1 - j, 1 + j]: what a frame's colours say
                                 # (which shirt, which hair) cannot reach z_M (C-DSVAE's motion-
@@ -149,8 +145,6 @@ class Config:
         need(self.content_ch >= 0, f"content_ch must be >= 0 (0: ch), got {self.content_ch}")
         need(self.leak_weight == 0 or self.dependence_memory > 0,
              f"leak_weight needs dependence_memory > 0 (the measure's decay), got {self.dependence_memory}")
-        need(not self.leak_linear or self.leak_weight > 0,
-             "leak_linear shapes the leak measure: set leak_weight > 0 with it")
         for k in ("frames", "dim_z_m", "dim_z_c", "dim_eps", "ch", "ch_max", "d_hidden", "image_frames"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("lr", "prior_sigma"):
@@ -678,22 +672,18 @@ class WhitenedDependence(nn.Module):
 
     FEATURES = 256
 
-    def __init__(self, n, m, decay, seed=0, linear=False):
+    def __init__(self, n, m, decay, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.decay, self.linear = decay, linear
-        k = self.FEATURES + (m if linear else 0)
+        self.decay = decay
         self.register_buffer("w", torch.randn(m, self.FEATURES, generator=g) * 2 / m ** 0.5, persistent=False)
         self.register_buffer("b", 2 * math.pi * torch.rand(self.FEATURES, generator=g), persistent=False)
         self.register_buffer("cov", torch.eye(n), persistent=False)
-        self.register_buffer("cross", torch.zeros(n, k), persistent=False)
+        self.register_buffer("cross", torch.zeros(n, self.FEATURES), persistent=False)
         self.register_buffer("fvar", torch.ones(()), persistent=False)
 
     def features(self, target):
-        t = MDBiGAN._standard(target.float())
-        f = (2 / self.FEATURES) ** 0.5 * torch.cos(t @ self.w + self.b)
-        if self.linear:   # total variance 1, as the Fourier features' (each 1 / FEATURES)
-            f = torch.cat([f, t / t.shape[1] ** 0.5], 1)
+        f = (2 / self.FEATURES) ** 0.5 * torch.cos(MDBiGAN._standard(target.float()) @ self.w + self.b)
         return f - f.mean(0)
 
     @torch.autocast("cuda", enabled=False)   # fp32: a bf16 covariance cannot whiten across three
@@ -770,8 +760,7 @@ class MDBiGAN(nn.Module):
         path, memory = cfg.frames * cfg.dim_z_m, cfg.dependence_memory
         self.dependence = (WhitenedDependence(cfg.dim_z_c, path, memory)
                            if cfg.dependence_weight > 0 and memory > 0 else None)
-        self.leak = (WhitenedDependence(path, cfg.dim_z_c, memory, seed=1, linear=cfg.leak_linear)
-                     if cfg.leak_weight > 0 else None)
+        self.leak = WhitenedDependence(path, cfg.dim_z_c, memory, seed=1) if cfg.leak_weight > 0 else None
 
     DISCRIMINATORS = ("disc_image", "disc_video", "critic")   # training only: not in inference files
 
