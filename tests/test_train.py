@@ -172,6 +172,71 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir, monkeypat
     assert (tmp_path / "ckpt.pt").read_bytes() == good
 
 
+def diverge_after(step, monkeypatch):
+    """Makes the run's generator diverge in step `step` + 1 (its weights thrown off after the
+    update), as a GAN does when it blows up."""
+    orig = train.train_step
+
+    def train_step(net, opt_d, opt_eg, videos, autocast, ema=None, iteration=None):
+        out = orig(net, opt_d, opt_eg, videos, autocast, ema, iteration)
+        if iteration == step:
+            with torch.no_grad():
+                for p in net.gen.parameters():
+                    p.add_(2 * torch.randn_like(p))
+        return out
+    monkeypatch.setattr(train, "train_step", train_step)
+
+
+def test_a_divergence_rolls_back_to_the_weights_before_it(tmp_path, mnist_dir, monkeypatch, capsys):
+    """The generator thrown off in step 16 shows in line 17's reconstruction error: the run is
+    restored to step 15 exactly (weights, their average, optimiser states: those of a run stopped
+    there), with its learning rates halved, and is told so in the log."""
+    assert run(tmp_path / "clean", mnist_dir, "--max-steps", "15") == 0
+    diverge_after(15, monkeypatch)
+    assert run(tmp_path / "div", mnist_dir, "--max-steps", "17", "--rollback", "1.5") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"step 17: the reconstruction error jumped to [\d.]+ .*rolled back to the weights "
+                     r"of step 15, learning rates halved", out), out[-2000:]
+    assert "rolled back" in (tmp_path / "div" / "log.txt").read_text()
+    a = train.load_checkpoint(str(tmp_path / "clean" / "ckpt.pt"))
+    b = train.load_checkpoint(str(tmp_path / "div" / "ckpt.pt"))
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for opt in ("opt_d", "opt_eg"):
+        for i, state in a[opt]["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, b[opt]["state"][i][k]), (opt, i, k)
+        assert b[opt]["param_groups"][0]["lr"] == a[opt]["param_groups"][0]["lr"] / 2
+
+
+def test_the_rollback_takes_the_run_on_with_sound_weights(tmp_path, mnist_dir, monkeypatch, capsys):
+    """After the rollback the error is back where it was, and the run trains on."""
+    diverge_after(15, monkeypatch)
+    assert run(tmp_path, mnist_dir, "--max-steps", "24", "--rollback", "1.5") == 0
+    recs = [json.loads(line)["rec"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert recs[16] > 1.5 * max(recs[8:16])                  # the divergence showed
+    assert max(recs[17:]) < 1.1 * max(recs[8:16])            # and is gone
+    assert capsys.readouterr().out.count("rolled back") == 1
+
+
+def test_a_sound_run_is_the_same_with_and_without_the_rollback_guard(tmp_path, mnist_dir):
+    """The guard's copies draw no random numbers and change nothing until a rollback."""
+    assert run(tmp_path / "on", mnist_dir, "--max-steps", "12") == 0
+    assert run(tmp_path / "off", mnist_dir, "--max-steps", "12", "--rollback", "0") == 0
+    a = train.load_checkpoint(str(tmp_path / "on" / "ckpt.pt"))
+    b = train.load_checkpoint(str(tmp_path / "off" / "ckpt.pt"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("factor", ["1", "-2", "0.5"])
+def test_a_rollback_factor_of_one_or_less_is_refused(tmp_path, mnist_dir, capsys, factor):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, mnist_dir, "--rollback", factor)
+    assert e.value.code == 2 and "--rollback must be 0" in capsys.readouterr().err
+
+
 def test_sigint_saves_a_checkpoint_and_the_loss_plot(tmp_path, mnist_dir, monkeypatch):
     orig, calls = MDBiGAN.d_loss, []
 
