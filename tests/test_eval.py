@@ -195,6 +195,19 @@ def test_targets_that_depend_on_the_data():
     assert ev.verdict(0.5, ev.guide("content_probe_motion_acc", held)[1]).endswith("MISSED")
 
 
+def test_sprites_is_held_to_the_fields_leakage_targets():
+    """With Sprites' four attributes among the labels: motion from z_C <= 0.20 and each attribute
+    from z_M <= 0.30 (issue 34's table), not chance + 0.10 / + 0.15 (0.211, 0.317 here)."""
+    from types import SimpleNamespace
+    named = {"motion": np.arange(90) % 9, **{a: np.arange(90) % 6 for a in ("body", "bottom", "top", "hair")}}
+    held = SimpleNamespace(content="character", named=lambda: named)
+    assert ev.guide("content_probe_motion_acc", held)[1] == ("<=", 0.20)
+    assert ev.guide("probe_top_acc", held)[1] == ("<=", 0.30)
+    assert ev.verdict(0.204, ev.guide("content_probe_motion_acc", held)[1]).endswith("MISSED")
+    assert ev.verdict(0.318, ev.guide("probe_top_acc", held)[1]).endswith("MISSED")
+    assert ev.guide("transfer_is", held)[1] == (">=", round(0.98 * 9, 3))
+
+
 def test_turn_angles_read_a_known_turn_and_its_errors():
     """turn_angles finds the turn (to its 2 degree grid) between an asymmetric shape and that shape
     turned by 0, +-30 and +-70 degrees; turn_metrics' errors are 0 for a copy of the real videos
