@@ -430,6 +430,7 @@ class Run:
     elapsed: float = 0.0       # seconds of training, across resumes
     log: object = print
     stop: dict = field(default_factory=lambda: {"sig": None})
+    guard: dict = field(default_factory=dict)   # the rollback guard's state (Guard), checkpointed
 
 
 def read_resume(args, out):
@@ -515,6 +516,7 @@ def restore(run, ck):
     except (RuntimeError, KeyError, ValueError) as e:
         raise RunError(f"checkpoint does not fit this model ({str(e).splitlines()[0][:200]})") from None
     run.step, run.elapsed = ck["step"], ck.get("elapsed", 0.0)
+    run.guard = copy.deepcopy(ck.get("guard", {}))
     run.ema.updates = run.step
     torch.set_rng_state(ck["rng"]["torch"])
     if run.device.type == "cuda" and "cuda" in ck["rng"]:
@@ -541,8 +543,8 @@ def save_checkpoint(run):
     save_atomic({"version": CHECKPOINT_VERSION, "model": run.model.state_dict(),
                  "ema": run.ema.state_dict(), "opt_d": run.opt_d.state_dict(),
                  "opt_eg": run.opt_eg.state_dict(), "step": run.step, "elapsed": run.elapsed,
-                 "config": asdict(run.cfg), "args": {**settings, "data": run.spec}, "rng": rng},
-                os.path.join(run.out, "ckpt.pt"))
+                 "config": asdict(run.cfg), "args": {**settings, "data": run.spec}, "rng": rng,
+                 "guard": run.guard}, os.path.join(run.out, "ckpt.pt"))
 
 
 def save_inference(run):
@@ -587,46 +589,65 @@ class Guard:
     seed 1 went from a reconstruction error of 0.03 to 0.29 within 25 steps near the end of its
     3,000 and never recovered, and the only checkpoint left was the broken one. So at every log
     line whose mean reconstruction error is within `factor` of the median of the last `window`
-    sound lines, the weights, their average and both optimisers' states are copied (memory, not
-    disk); at a line above that, the older of the last two copies is restored (a divergence that
-    starts in a line's last steps hides in its mean), both learning rates are halved, and the
-    run goes on with the following steps' batches and noise, so it does not replay the
-    divergence. A sound run never reaches the restore, and is bit for bit what it was without
-    the guard: a copy draws no random numbers."""
+    sound lines, the weights and buffers (the dependence measure's running moments among them),
+    their average and both optimisers' states are copied (memory, not disk); at a line above
+    that, the older of the last two copies is restored (a divergence that starts in a line's last
+    steps hides in its mean), both learning rates are halved, and the run goes on with the
+    following steps' batches and noise, so it does not replay the divergence. After `most`
+    rollbacks it only warns: a run that keeps diverging needs other settings, not a learning rate
+    halved towards zero. A sound run never reaches the restore, and is bit for bit what it was
+    without the guard: a copy draws no random numbers. The sound lines' errors and the count
+    travel in the checkpoint (run.guard), so a resumed run is guarded from its first line."""
 
-    def __init__(self, run, factor, window=8):
-        self.run, self.factor, self.window = run, factor, window
-        self.history, self.copies, self.rollbacks = deque(maxlen=window), deque(maxlen=2), 0
+    def __init__(self, run, factor, window=8, most=3):
+        self.run, self.factor, self.window, self.most = run, factor, window, most
+        run.guard.setdefault("history", [])
+        run.guard.setdefault("rollbacks", 0)
+        self.copies = deque([self.snapshot()] if run.guard["history"] and factor else [], maxlen=2)
 
-    def check(self, rec):
+    def check(self, rec, steps):
         """Called on log lines with the line's mean reconstruction error (a tensor on the device,
-        or None when the config has none); rolls back if it jumped. Returns True if it did."""
-        run = self.run
-        if not self.factor or rec is None:
-            return False
+        or None when the config has none) over its `steps` steps; rolls back if it jumped.
+        Returns True if it did."""
+        run, state = self.run, self.run.guard
+        if not self.factor or rec is None or 2 * steps < run.args.log_every:
+            return False    # (a run's last line may hold a step or two: too few to judge)
         if run.world > 1:   # every rank must decide alike: they hold the same weights
             rec = rec.clone()
             torch.distributed.all_reduce(rec)
             rec /= run.world
-        rec = rec.item()
-        if len(self.history) == self.window and rec > self.factor * float(np.median(self.history)):
-            self.restore(rec)
-            return True
-        self.history.append(rec)
+        rec, history = rec.item(), state["history"]
+        median = float(np.median(history)) if len(history) == self.window else None
+        if median is not None and rec > self.factor * median:
+            if state["rollbacks"] < self.most:
+                self.restore(rec, median)
+                return True
+            if state["rollbacks"] == self.most:
+                state["rollbacks"] += 1
+                self.say(f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median "
+                         f"of the last {self.window} lines {median:.3f}) after {self.most} "
+                         "rollbacks: no more rollbacks in this run; if the error stays high, "
+                         "train again with a lower --set lr=...")
+        state["history"] = (history + [rec])[-self.window:]
         self.copies.append(self.snapshot())
         return False
 
     def snapshot(self):
-        run, clone = self.run, lambda sd: {k: v.detach().clone() for k, v in sd.items()}
-        return {"step": run.step, "model": clone(run.model.state_dict()),
-                "ema": clone(run.ema.avg.state_dict()),
+        run, clone = self.run, lambda named: {k: v.detach().clone() for k, v in named}
+        return {"step": run.step, "params": clone(run.model.named_parameters()),
+                "buffers": clone(run.model.named_buffers()),
+                "ema": clone(run.ema.avg.state_dict().items()),
                 "opt_d": copy.deepcopy(run.opt_d.state_dict()),
                 "opt_eg": copy.deepcopy(run.opt_eg.state_dict())}
 
-    def restore(self, rec):
+    @torch.no_grad()
+    def restore(self, rec, median):
         run, old = self.run, self.copies[0]
         lrs = [[g["lr"] for g in opt.param_groups] for opt in (run.opt_d, run.opt_eg)]
-        run.model.load_state_dict(old["model"])
+        for named, saved in ((run.model.named_parameters(), old["params"]),
+                             (run.model.named_buffers(), old["buffers"])):
+            for k, v in named:
+                v.copy_(saved[k])
         run.ema.avg.load_state_dict(old["ema"])
         for name, opt, lr in zip(("opt_d", "opt_eg"), (run.opt_d, run.opt_eg), lrs):
             # a copy again: load_state_dict keeps the tensors it is given, and the steps update
@@ -635,14 +656,16 @@ class Guard:
             for g, r in zip(opt.param_groups, lr):
                 g["lr"] = r / 2
         self.copies = deque([old], maxlen=2)
-        self.rollbacks += 1
-        line = (f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median of the last "
-                f"{self.window} lines {np.median(self.history):.3f}, more than {self.factor:g}x): "
-                f"rolled back to the weights of step {old['step']}, learning rates halved to "
-                f"{lrs[1][0] / 2:.3g} (rollback {self.rollbacks})")
-        run.log(line)
-        if run.rank == 0:
-            with open(os.path.join(run.out, "log.txt"), "a") as f:
+        run.guard["rollbacks"] += 1
+        self.say(f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median of the last "
+                 f"{self.window} lines {median:.3f}, more than {self.factor:g}x): rolled back to the "
+                 f"weights of step {old['step']}, learning rates halved to {lrs[1][0] / 2:.3g} "
+                 f"(rollback {run.guard['rollbacks']} of at most {self.most})")
+
+    def say(self, line):
+        self.run.log(line)
+        if self.run.rank == 0:
+            with open(os.path.join(self.run.out, "log.txt"), "a") as f:
                 f.write(line + "\n")
 
 
@@ -679,9 +702,9 @@ def train_loop(run):
                       file=sys.stderr)
                 code = 3
                 break
-            rec = meter.sums["rec"] / meter.n if "rec" in meter.sums else None
+            rec, steps = meter.sums["rec"] / meter.n if "rec" in meter.sums else None, meter.n
             meter.write(limit)
-            guard.check(rec)
+            guard.check(rec, steps)
         code = after_step(run, finished, last, limit)
         if code is not None:
             break

@@ -172,14 +172,14 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir, monkeypat
     assert (tmp_path / "ckpt.pt").read_bytes() == good
 
 
-def diverge_after(step, monkeypatch):
-    """Makes the run's generator diverge in step `step` + 1 (its weights thrown off after the
-    update), as a GAN does when it blows up."""
+def diverge_after(steps, monkeypatch):
+    """Makes the run's generator diverge in each step s + 1 for s in `steps` (its weights thrown
+    off after the update), as a GAN does when it blows up."""
     orig = train.train_step
 
     def train_step(net, opt_d, opt_eg, videos, autocast, ema=None, iteration=None):
         out = orig(net, opt_d, opt_eg, videos, autocast, ema, iteration)
-        if iteration == step:
+        if iteration in steps:
             with torch.no_grad():
                 for p in net.gen.parameters():
                     p.add_(2 * torch.randn_like(p))
@@ -187,19 +187,9 @@ def diverge_after(step, monkeypatch):
     monkeypatch.setattr(train, "train_step", train_step)
 
 
-def test_a_divergence_rolls_back_to_the_weights_before_it(tmp_path, mnist_dir, monkeypatch, capsys):
-    """The generator thrown off in step 16 shows in line 17's reconstruction error: the run is
-    restored to step 15 exactly (weights, their average, optimiser states: those of a run stopped
-    there), with its learning rates halved, and is told so in the log."""
-    assert run(tmp_path / "clean", mnist_dir, "--max-steps", "15") == 0
-    diverge_after(15, monkeypatch)
-    assert run(tmp_path / "div", mnist_dir, "--max-steps", "17", "--rollback", "1.5") == 0
-    out = capsys.readouterr().out
-    assert re.search(r"step 17: the reconstruction error jumped to [\d.]+ .*rolled back to the weights "
-                     r"of step 15, learning rates halved", out), out[-2000:]
-    assert "rolled back" in (tmp_path / "div" / "log.txt").read_text()
-    a = train.load_checkpoint(str(tmp_path / "clean" / "ckpt.pt"))
-    b = train.load_checkpoint(str(tmp_path / "div" / "ckpt.pt"))
+def assert_same_run_state(a, b, lr_scale=1.0):
+    """Two checkpoints hold the same weights, average and optimiser states (the learning rates of
+    b = lr_scale times a's)."""
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
@@ -207,12 +197,60 @@ def test_a_divergence_rolls_back_to_the_weights_before_it(tmp_path, mnist_dir, m
         for i, state in a[opt]["state"].items():
             for k, v in state.items():
                 assert torch.equal(v, b[opt]["state"][i][k]), (opt, i, k)
-        assert b[opt]["param_groups"][0]["lr"] == a[opt]["param_groups"][0]["lr"] / 2
+        assert b[opt]["param_groups"][0]["lr"] == a[opt]["param_groups"][0]["lr"] * lr_scale
+
+
+def test_a_divergence_rolls_back_to_the_weights_before_it(tmp_path, mnist_dir, monkeypatch, capsys):
+    """The generator thrown off in step 16 shows in line 17's reconstruction error: the run is
+    restored to step 15 exactly (weights, their average, optimiser states: those of a run stopped
+    there), with its learning rates halved, and is told so in the log."""
+    assert run(tmp_path / "clean", mnist_dir, "--max-steps", "15") == 0
+    diverge_after({15}, monkeypatch)
+    assert run(tmp_path / "div", mnist_dir, "--max-steps", "17", "--rollback", "1.5") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"step 17: the reconstruction error jumped to [\d.]+ .*rolled back to the weights "
+                     r"of step 15, learning rates halved", out), out[-2000:]
+    assert "rolled back" in (tmp_path / "div" / "log.txt").read_text()
+    a = train.load_checkpoint(str(tmp_path / "clean" / "ckpt.pt"))
+    b = train.load_checkpoint(str(tmp_path / "div" / "ckpt.pt"))
+    assert_same_run_state(a, b, 0.5)
+    assert b["guard"]["rollbacks"] == 1
+
+
+def test_a_second_rollback_to_the_same_copy_restores_it_unchanged(tmp_path, mnist_dir, monkeypatch, capsys):
+    """Thrown off in steps 16 and 18: both rollbacks go back to step 15's copy, which the steps
+    between them must not have changed (the optimisers update their states in place)."""
+    assert run(tmp_path / "clean", mnist_dir, "--max-steps", "15") == 0
+    diverge_after({15, 17}, monkeypatch)
+    assert run(tmp_path / "div", mnist_dir, "--max-steps", "19", "--rollback", "1.5") == 0
+    assert capsys.readouterr().out.count("rolled back to the weights of step 15") == 2
+    a = train.load_checkpoint(str(tmp_path / "clean" / "ckpt.pt"))
+    b = train.load_checkpoint(str(tmp_path / "div" / "ckpt.pt"))
+    assert_same_run_state(a, b, 0.25)
+
+
+def test_rollbacks_stop_after_three(tmp_path, mnist_dir, monkeypatch, capsys):
+    """A run that keeps diverging is rolled back three times, then only warned about."""
+    diverge_after(set(range(15, 40, 2)), monkeypatch)
+    assert run(tmp_path, mnist_dir, "--max-steps", "30", "--rollback", "1.5") == 0
+    out = capsys.readouterr().out
+    assert out.count("rolled back") == 3 and out.count("no more rollbacks") == 1
+    assert train.load_checkpoint(str(tmp_path / "ckpt.pt"))["guard"]["rollbacks"] == 4
+
+
+def test_a_resumed_run_is_guarded_from_its_first_line(tmp_path, mnist_dir, monkeypatch, capsys):
+    """The sound lines' errors travel in the checkpoint: a run resumed at step 15 and thrown off
+    at once is rolled back to where it resumed."""
+    assert run(tmp_path, mnist_dir, "--max-steps", "15") == 0
+    assert len(train.load_checkpoint(str(tmp_path / "ckpt.pt"))["guard"]["history"]) == 8
+    diverge_after({15}, monkeypatch)
+    assert run(tmp_path, mnist_dir, "--max-steps", "17", "--resume", "--rollback", "1.5") == 0
+    assert "rolled back to the weights of step 15" in capsys.readouterr().out
 
 
 def test_the_rollback_takes_the_run_on_with_sound_weights(tmp_path, mnist_dir, monkeypatch, capsys):
     """After the rollback the error is back where it was, and the run trains on."""
-    diverge_after(15, monkeypatch)
+    diverge_after({15}, monkeypatch)
     assert run(tmp_path, mnist_dir, "--max-steps", "24", "--rollback", "1.5") == 0
     recs = [json.loads(line)["rec"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert recs[16] > 1.5 * max(recs[8:16])                  # the divergence showed
@@ -224,10 +262,8 @@ def test_a_sound_run_is_the_same_with_and_without_the_rollback_guard(tmp_path, m
     """The guard's copies draw no random numbers and change nothing until a rollback."""
     assert run(tmp_path / "on", mnist_dir, "--max-steps", "12") == 0
     assert run(tmp_path / "off", mnist_dir, "--max-steps", "12", "--rollback", "0") == 0
-    a = train.load_checkpoint(str(tmp_path / "on" / "ckpt.pt"))
-    b = train.load_checkpoint(str(tmp_path / "off" / "ckpt.pt"))
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert_same_run_state(train.load_checkpoint(str(tmp_path / "on" / "ckpt.pt")),
+                          train.load_checkpoint(str(tmp_path / "off" / "ckpt.pt")))
 
 
 @pytest.mark.parametrize("factor", ["1", "-2", "0.5"])
