@@ -806,8 +806,9 @@ def long_metrics(judge, held, long):
 def guide(key, held, conv=False, affine=False):
     """(how to read key, target or None), from GUIDE's entry for it or its pattern; `conv`: a conv
     family run, held to CONV_TARGETS where they name the metric; `affine`: MotionMNIST's affine
-    variant, held to AFFINE_TARGETS where they name it; Sprites, to SPRITES_TARGETS. A target's value that depends on the data
-    (a label's chance, the number of motions) is computed here."""
+    variant, held to AFFINE_TARGETS where they name it; Sprites (its attributes among the
+    labels), to SPRITES_TARGETS. A target's value that depends on the data (a label's chance,
+    the number of motions) is computed here."""
     labels = held.named()
     motions = labels.get("motion")
     k = len(np.unique(motions)) if motions is not None else 0

@@ -135,8 +135,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--rollback", type=float, default=2.5, metavar="FACTOR", help="roll back to the "
                    "weights of one to two log lines before, and halve the learning rates, when a log "
-                   f"line's reconstruction error exceeds FACTOR times the median of the last "
-                   f"{8} lines' (0: never; default 2.5)")
+                   "line's reconstruction error exceeds FACTOR times the median of the last "
+                   f"{Guard.WINDOW} lines' (0: never; default 2.5)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
     p.add_argument("--bench", type=int, metavar="STEPS", help="only time STEPS training steps "
@@ -556,6 +556,14 @@ def save_inference(run):
                 os.path.join(run.out, "model.pt"))
 
 
+def log_line(run, line):
+    """Prints a line of the run's log and appends it to its log.txt (rank 0)."""
+    run.log(line)
+    if run.rank == 0:
+        with open(os.path.join(run.out, "log.txt"), "a") as f:
+            f.write(line + "\n")
+
+
 class Meter:
     """Sums the loss terms on the device between log lines (one sync a line), and writes the line."""
 
@@ -575,10 +583,8 @@ class Meter:
         line = (f"step {run.step} | " + " | ".join(f"{k} {v:.3f}" for k, v in vals.items())
                 + f" | {dt * 1e3:.1f} ms | {a.batch_size * run.world / dt:.0f} videos/s | data wait "
                 f"{self.wait / self.n * 1e3:.1f} ms | eta {left * dt / 60:.1f}m")
-        run.log(line)
+        log_line(run, line)
         if run.rank == 0:
-            with open(os.path.join(run.out, "log.txt"), "a") as f:
-                f.write(line + "\n")
             with open(os.path.join(run.out, "log.jsonl"), "a") as f:
                 f.write(json.dumps({"step": run.step, "ms": dt * 1e3, **vals}) + "\n")
         self.sums, self.n, self.t0, self.wait = {}, 0, time.perf_counter(), 0.0
@@ -599,7 +605,9 @@ class Guard:
     without the guard: a copy draws no random numbers. The sound lines' errors and the count
     travel in the checkpoint (run.guard), so a resumed run is guarded from its first line."""
 
-    def __init__(self, run, factor, window=8, most=3):
+    WINDOW = 8
+
+    def __init__(self, run, factor, window=WINDOW, most=3):
         self.run, self.factor, self.window, self.most = run, factor, window, most
         run.guard.setdefault("history", [])
         run.guard.setdefault("rollbacks", 0)
@@ -624,10 +632,10 @@ class Guard:
                 return True
             if state["rollbacks"] == self.most:
                 state["rollbacks"] += 1
-                self.say(f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median "
-                         f"of the last {self.window} lines {median:.3f}) after {self.most} "
-                         "rollbacks: no more rollbacks in this run; if the error stays high, "
-                         "train again with a lower --set lr=...")
+                log_line(run, f"step {run.step}: the reconstruction error jumped to {rec:.3f} "
+                              f"(median of the last {self.window} lines {median:.3f}) after "
+                              f"{self.most} rollbacks: no more rollbacks in this run; if the error "
+                              "stays high, train again with a lower --set lr=...")
         state["history"] = (history + [rec])[-self.window:]
         self.copies.append(self.snapshot())
         return False
@@ -657,16 +665,11 @@ class Guard:
                 g["lr"] = r / 2
         self.copies = deque([old], maxlen=2)
         run.guard["rollbacks"] += 1
-        self.say(f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median of the last "
-                 f"{self.window} lines {median:.3f}, more than {self.factor:g}x): rolled back to the "
-                 f"weights of step {old['step']}, learning rates halved to {lrs[1][0] / 2:.3g} "
-                 f"(rollback {run.guard['rollbacks']} of at most {self.most})")
+        log_line(run, f"step {run.step}: the reconstruction error jumped to {rec:.3f} (median of "
+                      f"the last {self.window} lines {median:.3f}, more than {self.factor:g}x): rolled "
+                      f"back to the weights of step {old['step']}, learning rates halved to "
+                      f"{lrs[1][0] / 2:.3g} (rollback {run.guard['rollbacks']} of at most {self.most})")
 
-    def say(self, line):
-        self.run.log(line)
-        if self.run.rank == 0:
-            with open(os.path.join(self.run.out, "log.txt"), "a") as f:
-                f.write(line + "\n")
 
 
 def train_loop(run):
